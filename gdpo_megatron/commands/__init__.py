@@ -1,0 +1,2 @@
+"""One module per `gdpo` subcommand; each defines `register(subparsers)`. Keep them thin:
+parse arguments, call into the package, print."""

@@ -1,0 +1,77 @@
+"""The `policy` section: the Megatron model, its parallel layout, precision and optimizer.
+
+Owned by the policy work (issue 3); extend here, keep every field documented.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from .schema import Section, option
+
+
+@dataclass
+class ModelConfig(Section):
+    """Where the weights come from (an HF checkpoint dir) or explicit sizes for a fresh model."""
+
+    hf_path: Optional[str] = option(None, doc="HF checkpoint directory (config.json + safetensors) or a known model name")
+    family: Optional[Literal["llama", "qwen2", "qwen3"]] = option(None, doc="architecture family when sizes are explicit")
+    num_layers: Optional[int] = option(None, ge=1, doc="transformer layers")
+    hidden_size: Optional[int] = option(None, ge=1, doc="model width")
+    ffn_hidden_size: Optional[int] = option(None, ge=1, doc="SwiGLU intermediate size")
+    num_attention_heads: Optional[int] = option(None, ge=1, doc="query heads")
+    num_query_groups: Optional[int] = option(None, ge=1, doc="KV heads (GQA); null = num_attention_heads")
+    vocab_size: Optional[int] = option(None, ge=1, doc="vocabulary size")
+    max_position_embeddings: int = option(4096, ge=1, doc="longest sequence the RoPE tables cover")
+    rope_theta: float = option(10000.0, gt=0, doc="RoPE base")
+    norm_epsilon: float = option(1e-5, gt=0, doc="RMSNorm epsilon")
+    tie_embeddings: bool = option(False, doc="share input embedding and output projection")
+
+
+@dataclass
+class ParallelConfig(Section):
+    """Megatron parallel layout; data parallel is derived: world / (tensor * pipeline)."""
+
+    tensor: int = option(1, ge=1, doc="tensor-parallel size")
+    pipeline: int = option(1, ge=1, doc="pipeline-parallel size")
+    virtual_pipeline: Optional[int] = option(None, ge=1, doc="virtual pipeline stages per rank (interleaved 1F1B)")
+    sequence_parallel: bool = option(False, doc="sequence parallelism (GPU with tensor > 1 only)")
+
+
+@dataclass
+class PrecisionConfig(Section):
+    """Training precision; FP8 needs Transformer Engine on a GPU."""
+
+    dtype: Literal["fp32", "bf16"] = option("fp32", doc="parameter/compute dtype (bf16 keeps fp32 master weights)")
+    fp8: Optional[Literal["e4m3", "hybrid"]] = option(None, doc="FP8 format through Transformer Engine")
+    fp8_recipe: Literal["delayed", "tensorwise", "blockwise", "mxfp8"] = option("delayed", doc="FP8 scaling recipe")
+    fp8_params: bool = option(False, doc="keep parameters in FP8")
+
+
+@dataclass
+class OptimizerConfig(Section):
+    """Adam with a warmup + decay schedule, sharded by Megatron's distributed optimizer."""
+
+    lr: float = option(1e-6, gt=0, doc="peak learning rate")
+    min_lr: float = option(0.0, ge=0, doc="final learning rate of the decay")
+    weight_decay: float = option(0.01, ge=0, doc="decoupled weight decay")
+    adam_beta1: float = option(0.9, ge=0, lt=1, doc="Adam beta1")
+    adam_beta2: float = option(0.999, ge=0, lt=1, doc="Adam beta2")
+    adam_eps: float = option(1e-8, gt=0, doc="Adam epsilon")
+    clip_grad: float = option(1.0, ge=0, doc="global gradient-norm clip (0 disables)")
+    schedule: Literal["constant", "cosine", "linear"] = option("constant", doc="decay after warmup")
+    warmup_steps: int = option(0, ge=0, doc="linear warmup steps")
+    distributed: bool = option(True, doc="shard optimizer state over data-parallel ranks")
+
+
+@dataclass
+class PolicyConfig(Section):
+    """The trained policy."""
+
+    model: ModelConfig = option(default_factory=ModelConfig, doc="weights and architecture")
+    parallel: ParallelConfig = option(default_factory=ParallelConfig, doc="tensor/pipeline layout")
+    precision: PrecisionConfig = option(default_factory=PrecisionConfig, doc="dtype and FP8")
+    optimizer: OptimizerConfig = option(default_factory=OptimizerConfig, doc="optimizer and LR schedule")
+    micro_batch_size: int = option(1, ge=1, doc="sequences per micro-batch in the forward-backward schedule")
+    recompute_activations: bool = option(False, doc="full activation recomputation")

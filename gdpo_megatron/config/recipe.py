@@ -1,0 +1,47 @@
+"""The whole recipe: one typed object composed of the sections, and how to load it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .algorithm import AlgorithmConfig
+from .cluster import ClusterConfig
+from .data import DataConfig
+from .generation import GenerationConfig
+from .loader import LoadedConfig, apply_overrides, load_recipe_file
+from .policy import PolicyConfig
+from .schema import Section, build, option, to_dict
+from .scoring import ScoringConfig
+from .trainer import TrainerConfig
+
+
+@dataclass
+class RecipeConfig(Section):
+    """A complete run description; see docs/config-reference.md for every key."""
+
+    name: str = option("unnamed", doc="run name (used for the run directory and loggers)")
+    seed: int = option(1234, doc="global seed")
+    algorithm: AlgorithmConfig = option(default_factory=AlgorithmConfig, doc="advantages, rewards and loss")
+    policy: PolicyConfig = option(default_factory=PolicyConfig, doc="the trained model")
+    generation: GenerationConfig = option(default_factory=GenerationConfig, doc="rollout engines")
+    data: DataConfig = option(default_factory=DataConfig, doc="prompts")
+    scoring: ScoringConfig = option(default_factory=ScoringConfig, doc="reward execution")
+    trainer: TrainerConfig = option(default_factory=TrainerConfig, doc="the RL loop")
+    cluster: ClusterConfig = option(default_factory=ClusterConfig, doc="machine shape")
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RecipeConfig:
+    """Load, merge, override and validate a recipe. Raises ConfigError with a readable message."""
+    loaded = apply_overrides(load_recipe_file(path), list(overrides))
+    return build_recipe(loaded)
+
+
+def build_recipe(loaded: LoadedConfig) -> RecipeConfig:
+    return build(RecipeConfig, loaded.data, loaded.source_of)
+
+
+def recipe_to_yaml(config: RecipeConfig) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False, default_flow_style=False)
