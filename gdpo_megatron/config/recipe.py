@@ -16,6 +16,7 @@ from .policy import PolicyConfig
 from .schema import Section, build, option, to_dict
 from .scoring import ScoringConfig
 from .trainer import TrainerConfig
+from .warmstart import WarmstartConfig
 
 
 @dataclass
@@ -31,6 +32,7 @@ class RecipeConfig(Section):
     scoring: ScoringConfig = option(default_factory=ScoringConfig, doc="reward execution")
     trainer: TrainerConfig = option(default_factory=TrainerConfig, doc="the RL loop")
     cluster: ClusterConfig = option(default_factory=ClusterConfig, doc="machine shape")
+    warmstart: WarmstartConfig = option(default_factory=WarmstartConfig, doc="supervised warm start of a fresh model")
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RecipeConfig:
