@@ -27,6 +27,9 @@ class LossConfig(Section):
     kl_type: Literal["k1", "k2", "k3"] = option("k3", doc="KL estimator: k1 (log ratio), k2 (mse), k3 (low variance)")
     entropy_coef: float = option(0.0, ge=0.0, doc="entropy bonus coefficient")
     gpg_correction: bool = option(True, doc="GPG: scale the loss by alpha = B / (B - M)")
+    gspo_clip_low: float = option(3e-4, ge=0.0, doc="GSPO: lower clip epsilon of the sequence ratio (GSPO paper: 3e-4)")
+    gspo_clip_high: float = option(4e-4, ge=0.0, doc="GSPO: upper clip epsilon of the sequence ratio (GSPO paper: 4e-4)")
+    norm_length: Optional[int] = option(None, ge=1, doc="seq-mean-token-sum-norm constant (null: generation.sampling.max_new_tokens)")
 
     def validate(self) -> None:
         from gdpo_megatron.algorithms.losses import POLICY_LOSSES
