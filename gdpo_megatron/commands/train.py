@@ -1,0 +1,31 @@
+"""`gdpo train RECIPE [overrides]`: run (or resume) a training run."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from gdpo_megatron.config import load_recipe
+
+from ._common import add_recipe_arguments
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train a policy with a recipe (resumes from the run directory's last checkpoint)")
+    add_recipe_arguments(parser)
+    parser.set_defaults(func=_train)
+
+
+def run_directory(recipe) -> Path:
+    return Path(recipe.trainer.run_dir) if recipe.trainer.run_dir else Path("runs") / recipe.name
+
+
+def _train(args: argparse.Namespace) -> int:
+    from gdpo_megatron.trainer import Trainer
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    run_dir = run_directory(recipe)
+    print(f"[train] {recipe.name}: {recipe.algorithm.estimator} with rewards "
+          f"{', '.join(recipe.algorithm.reward_names)}; run directory {run_dir}", flush=True)
+    return Trainer(recipe, run_dir).run()

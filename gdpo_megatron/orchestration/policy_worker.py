@@ -1,0 +1,87 @@
+"""One policy rank: a Ray actor that owns a megatron-core model shard.
+
+All ranks of the torch.distributed group that megatron-core uses are actors of this
+class; the driver sends each data-parallel rank its rollout shard (every TP/PP rank of
+a DP rank gets the same shard) and the advantage stage runs here, over the DP group.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from gdpo_megatron.rollout_batch import RolloutShard
+
+
+class PolicyWorker:
+    def __init__(self, recipe_data: dict, rank: int, world_size: int, master_addr: str, master_port: int) -> None:
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                          MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
+        torch.set_num_threads(1)
+        from gdpo_megatron.config.recipe import RecipeConfig
+        from gdpo_megatron.config.schema import build
+        from gdpo_megatron.distributed.setup import init_distributed
+        from gdpo_megatron.policy.policy import MegatronPolicy
+
+        self.rank = rank
+        self.recipe = build(RecipeConfig, recipe_data)
+        self.parallel_state = init_distributed(self.recipe.policy.parallel)
+        self.policy = MegatronPolicy(self.recipe)
+
+    def layout(self) -> dict[str, int]:
+        """This rank's place in the layout (the driver routes shards by dp_rank)."""
+        from megatron.core import parallel_state as mpu
+
+        return {"rank": self.rank, "dp_rank": mpu.get_data_parallel_rank(), "dp_size": mpu.get_data_parallel_world_size(),
+                "tp_rank": mpu.get_tensor_model_parallel_rank(), "pp_rank": mpu.get_pipeline_model_parallel_rank()}
+
+    def train_on(self, shard: RolloutShard) -> dict[str, float]:
+        from megatron.core import parallel_state as mpu
+
+        from gdpo_megatron.algorithms.distributed_advantages import distributed_compute_advantages
+        from gdpo_megatron.generation.mismatch import generation_mismatch
+        from gdpo_megatron.policy.batch import build_policy_batch
+
+        batch = build_policy_batch(shard.prompt_ids, shard.response_ids)
+        result = distributed_compute_advantages(
+            shard.rewards, shard.group_ids, self.recipe.algorithm,
+            group=mpu.get_data_parallel_group(), local_response_mask=batch.response_mask_for_advantages(),
+        )
+        batch.set_advantages(result.advantages, result.token_advantages)
+        batch.old_logprobs = self.policy.compute_logprobs(batch)
+        if self.policy.uses_reference:
+            batch.ref_logprobs = self.policy.compute_reference_logprobs(batch)
+        metrics: dict[str, Any] = dict(result.diagnostics)
+        metrics.update(self.policy.train(batch, num_mini_batches=self.recipe.trainer.mini_batches_per_step,
+                                         epochs=self.recipe.trainer.ppo_epochs, gpg_alpha=result.gpg_alpha))
+        if batch.old_logprobs is not None and shard.engine_logprobs:
+            engine = batch.pad_response_values(shard.engine_logprobs)
+            for key, value in generation_mismatch(engine, batch.old_logprobs, batch.response_mask).items():
+                metrics[f"mismatch/{key}"] = value
+        return metrics
+
+    def export_weights(self, bucket_bytes: int) -> list:
+        """Put HF-named weight buckets into the object store; the exporting rank returns their refs."""
+        import ray
+
+        refs, bucket, size = [], [], 0
+        for name, tensor in self.policy.export_hf_weights():
+            bucket.append((name, tensor.detach().to("cpu").contiguous()))
+            size += tensor.numel() * tensor.element_size()
+            if size >= bucket_bytes:
+                refs.append(ray.put(bucket))
+                bucket, size = [], 0
+        if bucket:
+            refs.append(ray.put(bucket))
+        return refs
+
+    def save_checkpoint(self, path: str) -> None:
+        self.policy.save_checkpoint(path)
+
+    def load_checkpoint(self, path: str) -> None:
+        self.policy.load_checkpoint(path)
+
+    def ping(self) -> int:
+        return self.rank

@@ -1,0 +1,366 @@
+"""The driver loop: one GDPO (or GRPO, ...) training run, resumable and observable.
+
+One step:
+  sample prompts -> generate n rollouts each (engine actor) -> score K rewards (reward
+  actor) -> [dynamic sampling: drop zero-variance groups, over-sample to refill] ->
+  shard rollouts over data-parallel ranks -> on every policy rank: advantage stage over
+  the DP group, old/reference logprobs, optimizer steps -> refit the engine -> log,
+  checkpoint.
+The driver moves prompts, token ids and reward rows; per-token tensors of the whole
+batch never exist here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gdpo_megatron.config.recipe import RecipeConfig, recipe_to_yaml
+from gdpo_megatron.config.schema import to_dict
+from gdpo_megatron.rollout_batch import informative_groups, shard_rollouts
+
+REFIT_BUCKET_BYTES = 64 * 2**20
+
+
+@dataclass
+class StepBatch:
+    """Everything one step generated and scored, in global rollout order."""
+
+    records: list[dict] = field(default_factory=list)  # one per rollout
+    prompt_ids: list[list[int]] = field(default_factory=list)
+    response_ids: list[list[int]] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    engine_logprobs: list[list[float]] = field(default_factory=list)
+    finish_reasons: list[str] = field(default_factory=list)
+    group_ids: list[int] = field(default_factory=list)
+    rewards: torch.Tensor | None = None
+
+    def extend(self, other: "StepBatch") -> None:
+        for f in dataclasses.fields(self):
+            if f.name != "rewards":
+                getattr(self, f.name).extend(getattr(other, f.name))
+        self.rewards = other.rewards if self.rewards is None else torch.cat([self.rewards, other.rewards])
+
+    def select(self, keep: list[int]) -> "StepBatch":
+        out = StepBatch()
+        for f in dataclasses.fields(self):
+            if f.name != "rewards":
+                values = getattr(self, f.name)
+                setattr(out, f.name, [values[i] for i in keep])
+        out.rewards = self.rewards[keep]
+        return out
+
+
+def step_seed(run_seed: int, step: int, round_: int = 0) -> int:
+    """Sampling seed of a step: a pure function of the run seed, so a resumed run repeats it."""
+    return (run_seed * 1_000_003 + step * 101 + round_) % (2**31 - 1)
+
+
+def capture_rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def response_length_metrics(batch: StepBatch, max_new_tokens: int) -> dict[str, float]:
+    lengths = torch.tensor([len(r) for r in batch.response_ids], dtype=torch.float64)
+    truncated = sum(reason == "length" for reason in batch.finish_reasons)
+    return {
+        "response_len/mean": lengths.mean().item(),
+        "response_len/max": lengths.max().item(),
+        "response_len/min": lengths.min().item(),
+        "response_len/clip_frac": truncated / max(1, len(batch.finish_reasons)),
+        "response_len/limit": float(max_new_tokens),
+    }
+
+
+def reward_metrics(rewards: torch.Tensor, names: list[str], weights: list[float]) -> dict[str, float]:
+    """Raw reward means per component and the weighted sum (NaN-aware), before any conditioning."""
+    out = {}
+    for k, name in enumerate(names):
+        column = rewards[:, k]
+        valid = ~torch.isnan(column)
+        out[f"reward/{name}/mean"] = column[valid].mean().item() if valid.any() else float("nan")
+    combined = torch.nan_to_num(rewards, nan=0.0) @ torch.tensor(weights, dtype=rewards.dtype)
+    out["reward/combined/mean"] = combined.mean().item()
+    return out
+
+
+def mean_over_ranks(per_rank: list[dict[str, float]]) -> dict[str, float]:
+    """Average numeric metrics reported by the policy ranks (diagnostics are global already)."""
+    keys = sorted({k for m in per_rank for k in m})
+    merged = {}
+    for key in keys:
+        values = [float(m[key]) for m in per_rank if key in m and m[key] is not None]
+        if values:
+            merged[key] = sum(values) / len(values)
+    return merged
+
+
+class Trainer:
+    """Owns the workers of one run and drives the steps. Use `run()`; it returns an exit code."""
+
+    def __init__(self, recipe: RecipeConfig, run_dir: Path, log=print) -> None:
+        self.recipe = recipe
+        self.log = log
+        from gdpo_megatron.run_dir import RunDir
+
+        self.run_dir = RunDir.create(run_dir)
+        self.workers: list = []
+        self.engine = None
+        self.rewarder = None
+
+    # ---------------------------------------------------------------- set-up
+    def _initial_model(self) -> str:
+        """The HF checkpoint every worker starts from: the recipe's, or a fresh warm-started one."""
+        if not self.recipe.warmstart.enabled:
+            if not self.recipe.policy.model.hf_path:
+                from gdpo_megatron.config import ConfigError
+
+                raise ConfigError("policy.model.hf_path: required unless warmstart.enabled is true")
+            return self.recipe.policy.model.hf_path
+        from gdpo_megatron.data.synthetic import build_tokenizer, warmstart_demonstrations
+        from gdpo_megatron.warmstart import Demonstration, run_warmstart
+
+        target = self.run_dir.path / "initial_model"
+        tokenizer = build_tokenizer()
+        demos = [Demonstration(p, r) for p, r in warmstart_demonstrations(
+            self.recipe.warmstart.num_examples, self.recipe.seed, tokenizer, self.recipe.data)]
+        return str(run_warmstart(self.recipe.policy.model, self.recipe.warmstart, tokenizer, demos, target,
+                                 self.recipe.seed, log=self.log))
+
+    def _start_workers(self, model_path: str) -> None:
+        import ray
+
+        from gdpo_megatron.orchestration.cluster import free_port, placement_for
+        from gdpo_megatron.orchestration.generation_worker import GenerationWorker
+        from gdpo_megatron.orchestration.policy_worker import PolicyWorker
+        from gdpo_megatron.orchestration.reward_worker import RewardWorker
+
+        data = to_dict(self.recipe)
+        data["policy"]["model"]["hf_path"] = model_path
+        plan = placement_for(self.recipe)
+        world = plan.policy_world_size
+        port = free_port()
+        policy_actor = ray.remote(PolicyWorker)
+        self.workers = [
+            policy_actor.options(**plan.policy_options(rank), name=f"policy-rank{rank}").remote(
+                data, rank, world, "127.0.0.1", port)
+            for rank in range(world)
+        ]
+        self.engine = ray.remote(GenerationWorker).options(**plan.engine_options(0), name="engine-0").remote(
+            data, model_path)
+        self.rewarder = ray.remote(RewardWorker).options(**plan.reward_options(), name="rewards").remote(data)
+        self.layouts = ray.get([w.layout.remote() for w in self.workers])
+        self.dp_size = self.layouts[0]["dp_size"]
+
+    # ---------------------------------------------------------------- one step
+    def _generate(self, records: list[dict], step: int, round_: int, group_offset: int) -> StepBatch:
+        import ray
+
+        from gdpo_megatron.data import render_prompt
+
+        prompts = [self.tokenizer(render_prompt(r, self.tokenizer), add_special_tokens=False)["input_ids"]
+                   for r in records]
+        rollouts = ray.get(self.engine.generate.remote(prompts, step_seed(self.recipe.seed, step, round_)))
+        batch = StepBatch()
+        for rollout in rollouts:
+            batch.records.append(records[rollout.prompt_index])
+            batch.prompt_ids.append(list(rollout.prompt_token_ids))
+            batch.response_ids.append(list(rollout.token_ids))
+            batch.texts.append(rollout.text)
+            batch.engine_logprobs.append(list(rollout.logprobs))
+            batch.finish_reasons.append(rollout.finish_reason)
+            batch.group_ids.append(group_offset + rollout.prompt_index)
+        values, metrics = ray.get(self.rewarder.score.remote(
+            batch.records, batch.texts, [len(r) for r in batch.response_ids]))
+        batch.rewards = values
+        self._pending_metrics.update(metrics)
+        return batch
+
+    def _collect(self, step: int) -> StepBatch:
+        """Generate and score one step's rollouts; with dynamic sampling, refill dropped groups."""
+        cfg = self.recipe.trainer
+        wanted = cfg.prompts_per_step
+        batch = self._generate(self.sampler.next_batch(), step, 0, 0)
+        if not cfg.dynamic_sampling.enabled:
+            return batch
+        kept, dropped, groups_seen = StepBatch(), 0, wanted
+        round_ = 0
+        while True:
+            informative = informative_groups(batch.rewards, torch.tensor(batch.group_ids))
+            unique = sorted(set(batch.group_ids))
+            good = {g for g, ok in zip(unique, informative.tolist()) if ok}
+            dropped += len(unique) - len(good)
+            keep = [i for i, g in enumerate(batch.group_ids) if g in good]
+            kept.extend(batch.select(keep))
+            have = len(set(kept.group_ids))
+            round_ += 1
+            if have >= wanted or round_ > cfg.dynamic_sampling.max_resample_rounds:
+                break
+            batch = self._generate(self.sampler.next_batch(), step, round_, groups_seen)
+            groups_seen += wanted
+        self._pending_metrics.update({"dynamic_sampling/dropped_groups": float(dropped),
+                                      "dynamic_sampling/rounds": float(round_)})
+        if not kept.response_ids:
+            return batch  # nothing informative at all: train on the last batch (zero advantages)
+        # Keep exactly `wanted` groups so the batch shape (and the step's cost) stays fixed.
+        first = sorted(set(kept.group_ids))[:wanted]
+        return kept.select([i for i, g in enumerate(kept.group_ids) if g in set(first)])
+
+    def _train(self, batch: StepBatch) -> dict[str, float]:
+        import ray
+
+        rewards = batch.rewards
+        response_ids = batch.response_ids
+        if self.recipe.trainer.overlong_filtering:
+            # Truncated responses keep their rewards in the metrics but get no gradient: mark
+            # every reward missing for them, which the advantage stage turns into advantage 0.
+            rewards = rewards.clone()
+            rewards[[i for i, r in enumerate(batch.finish_reasons) if r == "length"]] = float("nan")
+        shards = shard_rollouts(batch.prompt_ids, response_ids, rewards,
+                                torch.tensor(batch.group_ids, dtype=torch.long), batch.engine_logprobs, self.dp_size)
+        futures = [w.train_on.remote(shards[layout["dp_rank"]]) for w, layout in zip(self.workers, self.layouts)]
+        return mean_over_ranks(ray.get(futures))
+
+    def _refit(self) -> dict[str, float]:
+        import ray
+
+        start = time.perf_counter()
+        exported = ray.get([w.export_weights.remote(REFIT_BUCKET_BYTES) for w in self.workers])
+        refs = [ref for per_rank in exported for ref in per_rank]
+        stats = ray.get(self.engine.update_weights.remote(refs))
+        return {"refit/bytes": float(stats["bytes"]), "refit/buckets": float(stats["buckets"]),
+                "time/refit": time.perf_counter() - start}
+
+    # ---------------------------------------------------------------- checkpoints
+    def _save(self, step: int) -> None:
+        import ray
+
+        def write(path: Path) -> None:
+            ray.get([w.save_checkpoint.remote(str(path / "policy")) for w in self.workers])
+            torch.save({"step": step, "sampler": self.sampler.state_dict(), "rng": capture_rng_state(),
+                        "nan_skips_in_a_row": self.nan_skips_in_a_row}, path / "trainer_state.pt")
+
+        start = time.perf_counter()
+        self.checkpoints.save(step, write)
+        self.log(f"[checkpoint] step {step} saved in {time.perf_counter() - start:.1f}s")
+
+    def _resume(self) -> int:
+        """Load the latest complete checkpoint if the recipe asks for it; return the next step."""
+        import ray
+
+        from gdpo_megatron.config import ConfigError
+
+        mode = self.recipe.trainer.resume
+        latest = self.checkpoints.latest()
+        if latest is None:
+            if mode is True:
+                raise ConfigError(f"trainer.resume: true, but {self.run_dir.checkpoints} holds no complete checkpoint")
+            return 0
+        if mode is False:
+            raise ConfigError(f"trainer.resume: false, but {self.run_dir.path} already has checkpoints; "
+                              "use another trainer.run_dir or resume=auto")
+        ray.get([w.load_checkpoint.remote(str(latest.path / "policy")) for w in self.workers])
+        state = torch.load(latest.path / "trainer_state.pt", weights_only=False)
+        self.sampler.load_state_dict(state["sampler"])
+        restore_rng_state(state["rng"])
+        self.nan_skips_in_a_row = state["nan_skips_in_a_row"]
+        self.log(f"[resume] from step {state['step']} ({latest.path})")
+        return state["step"]
+
+    # ---------------------------------------------------------------- the loop
+    def run(self) -> int:
+        from transformers import AutoTokenizer
+
+        from gdpo_megatron.checkpointing import CheckpointManager
+        from gdpo_megatron.data import PromptSampler, load_prompt_dataset
+        from gdpo_megatron.metrics import MetricsLogger
+        from gdpo_megatron.orchestration.cluster import RayCluster
+        from gdpo_megatron.orchestration.failures import WorkerFailure, worker_failures
+        from gdpo_megatron.signals import GracefulStop
+
+        cfg = self.recipe.trainer
+        self.run_dir.config.write_text(recipe_to_yaml(self.recipe))
+        torch.manual_seed(self.recipe.seed)
+        random.seed(self.recipe.seed)
+        np.random.seed(self.recipe.seed % 2**32)
+        model_path = self._initial_model()
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        dataset = load_prompt_dataset(self.recipe.data, "train", self.recipe.seed)
+        self.sampler = PromptSampler(dataset, cfg.prompts_per_step, seed=self.recipe.seed, shuffle=self.recipe.data.shuffle)
+        self.checkpoints = CheckpointManager(self.run_dir.checkpoints, keep_last=cfg.checkpoint.keep_last,
+                                             fsync=cfg.checkpoint.fsync)
+        self.nan_skips_in_a_row = 0
+        self._pending_metrics: dict[str, float] = {}
+        step = 0
+        with RayCluster(self.run_dir.ray), GracefulStop(enabled=cfg.checkpoint.save_on_signal) as stop:
+            with worker_failures(lambda: step):
+                self._start_workers(model_path)
+                step = self._resume()
+                metrics_log = MetricsLogger(self.run_dir, cfg.logging, total_steps=cfg.max_steps,
+                                            resume_from_step=step, run_name=self.recipe.name)
+                try:
+                    self._refit()  # the engine serves exactly the policy's weights from the first step on
+                    while step < cfg.max_steps:
+                        metrics = self._step(step)
+                        step += 1
+                        metrics_log.log(step, metrics)
+                        if self._too_many_nan_skips(metrics):
+                            self._save(step)
+                            self.log(f"[stop] {self.nan_skips_in_a_row} consecutive non-finite updates "
+                                     f"(trainer.max_consecutive_nan_skips={cfg.max_consecutive_nan_skips}); "
+                                     f"saved step {step}; inspect {self.run_dir.metrics}")
+                            return 3
+                        every = cfg.checkpoint.every_steps
+                        if (every and step % every == 0) or step == cfg.max_steps:
+                            self._save(step)
+                        if stop.requested:
+                            if not (every and step % every == 0):
+                                self._save(step)
+                            self.log(f"[stop] {stop.signal_name} received: checkpointed step {step}; "
+                                     f"rerun the same command to resume")
+                            return 0
+                finally:
+                    metrics_log.close()
+        self.log(f"[done] {step} steps; metrics in {self.run_dir.metrics}")
+        return 0
+
+    def _step(self, step: int) -> dict[str, float]:
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        self._pending_metrics = {}
+        batch = self._collect(step)
+        timings["time/rollout"] = time.perf_counter() - start
+        names = [r.name for r in self.recipe.algorithm.rewards]
+        metrics = reward_metrics(batch.rewards, names, self.recipe.algorithm.reward_weights)
+        metrics.update(response_length_metrics(batch, self.recipe.generation.sampling.max_new_tokens))
+        metrics.update(self._pending_metrics)
+        train_start = time.perf_counter()
+        metrics.update(self._train(batch))
+        timings["time/train"] = time.perf_counter() - train_start
+        metrics.update(self._refit())
+        timings["time/step"] = time.perf_counter() - start
+        tokens = sum(len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids))
+        metrics["throughput/tokens_per_s"] = tokens / timings["time/step"]
+        metrics["samples"] = float(len(batch.response_ids))
+        metrics.update(timings)
+        return metrics
+
+    def _too_many_nan_skips(self, metrics: dict[str, float]) -> bool:
+        if metrics.get("train/skipped_updates", 0.0) > 0:
+            self.nan_skips_in_a_row += 1
+        else:
+            self.nan_skips_in_a_row = 0
+        return self.nan_skips_in_a_row > self.recipe.trainer.max_consecutive_nan_skips
