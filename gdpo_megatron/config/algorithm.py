@@ -1,4 +1,9 @@
-"""The `algorithm` section: advantage estimator, its numerics, rewards, and the policy loss."""
+"""The `algorithm` section: advantage estimator, its numerics, rewards, and the policy loss.
+
+Numeric fields of the advantage stage default to null, meaning "take the value of the
+preset"; `gdpo_megatron.algorithms.advantages.resolve_numerics` turns the section into
+concrete numbers (and the trainer logs them). See docs/advantages.md.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,13 @@ from .errors import ConfigError, did_you_mean
 from .loss import LossConfig
 from .schema import Section, option
 
+Preset = Literal["trl", "verl", "nemo_rl"]
 GroupBaseline = Literal["mean", "leave_one_out"]
 GroupStd = Literal["unbiased", "biased", "leave_one_out", "none"]
 EpsMode = Literal["add", "where_positive"]
+SingletonGroup = Literal["zero", "raw"]
 BatchNorm = Literal["none", "sample", "token"]
+BatchEpsMode = Literal["add", "where_positive", "inside_sqrt"]
 
 
 @dataclass
@@ -34,6 +42,12 @@ class RewardSpec(Section):
     args: dict[str, Any] = option(default_factory=dict, doc="keyword arguments passed to the reward function")
     condition: Optional[RewardCondition] = option(None, doc="optional gate on another reward (GDPO Eq. 8)")
 
+    def validate(self) -> None:
+        if not self.name or not self.name.strip():
+            raise ConfigError("name: a reward needs a non-empty name")
+        if "/" in self.name:
+            raise ConfigError(f"name: {self.name!r} may not contain '/' (it becomes a metric key reward/<name>/...)")
+
     @property
     def function_name(self) -> str:
         return self.function or self.name
@@ -47,14 +61,22 @@ class AlgorithmConfig(Section):
     """
 
     estimator: str = option("gdpo", doc="registered advantage estimator: gdpo, grpo, grpo_nostd, dr_grpo, rloo, gpg")
-    preset: Literal["trl", "verl", "nemo_rl"] = option(
-        "trl", doc="numerics of a reference implementation (see docs/advantages.md); trl is the default")
+    preset: Preset = option(
+        "trl", doc="numerics of a reference implementation: trl (default: the GDPO authors' public "
+                   "reference, NaN-aware), verl, nemo_rl (see docs/advantages.md)")
     group_baseline: Optional[GroupBaseline] = option(None, doc="group baseline: mean, or leave_one_out (mean of the others)")
-    group_std: Optional[GroupStd] = option(None, doc="group scale: unbiased, biased, leave_one_out, or none")
+    group_std: Optional[GroupStd] = option(
+        None, doc="group scale: unbiased, biased, leave_one_out (unbiased std of the others), or none")
     group_eps: Optional[float] = option(None, ge=0.0, doc="epsilon in the group normalization denominator")
     eps_mode: Optional[EpsMode] = option(None, doc="add: x/(std+eps); where_positive: divide only where std > 0")
-    batch_norm: Optional[BatchNorm] = option(None, doc="GDPO step 3: none, per sample, or per token (response-length weighted)")
+    singleton_group: Optional[SingletonGroup] = option(
+        None, doc="a group with one valid value: zero (advantage 0) or raw (mean 0, std 1, as verl)")
+    batch_norm: Optional[BatchNorm] = option(
+        None, doc="normalization over the whole batch (GDPO step 3): none, sample, or token "
+                  "(response-length weighted); null: the preset's for gdpo, none for the other estimators")
     batch_eps: Optional[float] = option(None, ge=0.0, doc="epsilon of the batch normalization")
+    batch_eps_mode: Optional[BatchEpsMode] = option(
+        None, doc="add: /(std+eps); where_positive: /std only where std > 0; inside_sqrt: *rsqrt(var+eps)")
     rewards: list[RewardSpec] = option(default_factory=list, doc="the K named rewards, in column order of the reward tensor")
     loss: LossConfig = option(default_factory=LossConfig, doc="policy loss")
 
@@ -64,6 +86,12 @@ class AlgorithmConfig(Section):
         if self.estimator not in ESTIMATORS:
             raise ConfigError(f"estimator: unknown estimator {self.estimator!r}"
                               f"{did_you_mean(self.estimator, ESTIMATORS)}; registered: {', '.join(sorted(ESTIMATORS))}")
+        fixed = ESTIMATORS.get(self.estimator).fixed
+        for key, value in fixed.items():
+            chosen = getattr(self, key)
+            if chosen is not None and chosen != value:
+                raise ConfigError(f"{key}: estimator {self.estimator!r} always uses {key}={value!r}, got {chosen!r}; "
+                                  f"leave {key} unset (null) or pick another estimator")
         names = [r.name for r in self.rewards]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -77,6 +105,8 @@ class AlgorithmConfig(Section):
             if cond.reward not in names:
                 raise ConfigError(f"rewards[{i}].condition.reward: no reward named {cond.reward!r}"
                                   f"{did_you_mean(cond.reward, names)}; rewards: {', '.join(names)}")
+        if self.rewards and all(r.weight == 0.0 for r in self.rewards):
+            raise ConfigError("rewards: every reward weight is 0, so every advantage would be 0")
 
     @property
     def reward_names(self) -> list[str]:
