@@ -8,8 +8,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
+from .errors import ConfigError
 from .optimizer import OptimizerConfig
 from .schema import Section, option
+
+
+@dataclass
+class RopeScalingConfig(Section):
+    """RoPE frequency scaling as in the HF config's `rope_scaling` (type none = plain RoPE)."""
+
+    type: Literal["none", "linear", "llama3"] = option("none", doc="scaling rule: none, linear (divide by factor) or llama3 (Llama-3.1 smooth)")
+    factor: float = option(1.0, gt=0, doc="scaling factor")
+    low_freq_factor: float = option(1.0, gt=0, doc="llama3: low-frequency factor")
+    high_freq_factor: float = option(4.0, gt=0, doc="llama3: high-frequency factor")
+    original_max_position_embeddings: int = option(8192, ge=1, doc="llama3: context length before scaling")
+
+    def validate(self) -> None:
+        if self.type == "llama3" and self.high_freq_factor <= self.low_freq_factor:
+            raise ConfigError(f"high_freq_factor: must be > low_freq_factor ({self.low_freq_factor}), got {self.high_freq_factor}")
 
 
 @dataclass
@@ -28,6 +44,12 @@ class ModelConfig(Section):
     rope_theta: float = option(10000.0, gt=0, doc="RoPE base")
     norm_epsilon: float = option(1e-5, gt=0, doc="RMSNorm epsilon")
     tie_embeddings: bool = option(False, doc="share input embedding and output projection")
+    head_dim: Optional[int] = option(None, ge=1, doc="attention head size; null = hidden_size / num_attention_heads (Qwen3 sets it)")
+    qkv_bias: Optional[bool] = option(None, doc="bias on the Q/K/V projections; null = the family's default (qwen2: true)")
+    qk_norm: Optional[bool] = option(None, doc="RMSNorm on per-head queries and keys; null = the family's default (qwen3: true)")
+    rope_scaling: RopeScalingConfig = option(default_factory=RopeScalingConfig, doc="RoPE frequency scaling")
+    make_vocab_size_divisible_by: int = option(1, ge=1, doc="pad the vocabulary to a multiple of this times tensor size "
+                                               "(padded rows are zero and masked out of logprobs)")
 
 
 @dataclass
@@ -38,6 +60,8 @@ class ParallelConfig(Section):
     pipeline: int = option(1, ge=1, doc="pipeline-parallel size")
     virtual_pipeline: Optional[int] = option(None, ge=1, doc="virtual pipeline stages per rank (interleaved 1F1B)")
     sequence_parallel: bool = option(False, doc="sequence parallelism (GPU with tensor > 1 only)")
+    first_stage_layers: Optional[int] = option(None, ge=0, doc="layers on the first pipeline stage (uneven split); null = even")
+    last_stage_layers: Optional[int] = option(None, ge=0, doc="layers on the last pipeline stage (uneven split); null = even")
 
 
 @dataclass
