@@ -15,6 +15,7 @@ Merge rules:
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from .errors import ConfigError, did_you_mean
 REPLACE_MARKER = "_replace_"
 DEFAULTS_KEY = "defaults"
 COMMAND_LINE = "command line"
+SCIENTIFIC = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 
 
 @dataclass
@@ -138,17 +140,39 @@ def parse_override_value(text: str) -> Any:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
-    # YAML 1.1 reads "1e-6" as a string; users mean a float.
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
+    # YAML 1.1 reads unquoted "1e-6" as a string; users mean a float.
+    if isinstance(value, str) and SCIENTIFIC.fullmatch(text.strip()):
+        return float(value)
     return value
 
 
-def apply_overrides(loaded: LoadedConfig, overrides: list[str]) -> LoadedConfig:
-    """Apply `a.b.c=value` (key must exist) and `+a.b=value` (key may be new)."""
+def _exists(skeleton: Any, parts: list[str]) -> bool:
+    node = skeleton
+    for part in parts:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _known_keys(node: dict, skeleton: Any, parents: list[str]) -> list[str]:
+    """Keys a user could have meant at this level: the recipe's and the schema's."""
+    keys = set(node)
+    for part in parents:
+        skeleton = skeleton.get(part) if isinstance(skeleton, dict) else None
+    if isinstance(skeleton, dict):
+        keys |= set(skeleton)
+    return sorted(keys)
+
+
+def apply_overrides(loaded: LoadedConfig, overrides: list[str], skeleton: dict | None = None) -> LoadedConfig:
+    """Apply `a.b.c=value` (key must exist) and `+a.b=value` (key may be new).
+
+    A key exists when the recipe sets it or when `skeleton` (the schema's defaults) has
+    it, so every documented key can be overridden without `+`; `+` is for keys the
+    schema does not define, such as entries of a free-form `args` mapping.
+    """
+    skeleton = skeleton or {}
     data = copy.deepcopy(loaded.data)
     sources = dict(loaded.sources)
     for override in overrides:
@@ -164,20 +188,21 @@ def apply_overrides(loaded: LoadedConfig, overrides: list[str]) -> LoadedConfig:
         for depth, part in enumerate(parts[:-1]):
             dotted = ".".join(parts[: depth + 1])
             if part not in node:
-                if not add:
+                if not add and not _exists(skeleton, parts[: depth + 1]):
                     raise ConfigError(
-                        f"override {override!r}: no key `{dotted}` in the recipe"
-                        f"{did_you_mean(part, node)}; use +{key}=... to add a new key"
+                        f"override {override!r}: no key `{dotted}` in the recipe or its schema"
+                        f"{did_you_mean(part, _known_keys(node, skeleton, parts[:depth]))}; "
+                        f"use +{key}=... to add a new key"
                     )
                 node[part] = {}
             if not isinstance(node[part], dict):
                 raise ConfigError(f"override {override!r}: `{dotted}` is a value, not a section")
             node = node[part]
         leaf = parts[-1]
-        if leaf not in node and not add:
+        if leaf not in node and not add and not _exists(skeleton, parts):
             raise ConfigError(
-                f"override {override!r}: no key `{key}` in the recipe"
-                f"{did_you_mean(leaf, node)}; use +{key}=... to add a new key"
+                f"override {override!r}: no key `{key}` in the recipe or its schema"
+                f"{did_you_mean(leaf, _known_keys(node, skeleton, parts[:-1]))}; use +{key}=... to add a new key"
             )
         node[leaf] = parse_override_value(raw)
         _drop_sources_under(key, sources)

@@ -37,7 +37,7 @@ class RecipeConfig(Section):
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RecipeConfig:
     """Load, merge, override and validate a recipe. Raises ConfigError with a readable message."""
-    loaded = apply_overrides(load_recipe_file(path), list(overrides))
+    loaded = apply_overrides(load_recipe_file(path), list(overrides), skeleton=to_dict(RecipeConfig()))
     return build_recipe(loaded)
 
 

@@ -175,3 +175,11 @@ def test_cli_reports_config_errors_without_traceback(recipes, capsys):
     err = capsys.readouterr().err
     assert err.startswith("gdpo: configuration error: override 'trainer.max_stepz=1'")
     assert "Traceback" not in err
+
+
+def test_schema_keys_absent_from_the_recipe_can_be_overridden_without_plus(recipes):
+    cfg = load_recipe(recipes / "child.yaml", ["trainer.logging.tensorboard=true", "policy.precision.dtype=bf16"])
+    assert cfg.trainer.logging.tensorboard is True
+    assert cfg.policy.precision.dtype == "bf16"
+    with pytest.raises(ConfigError, match=r'no key `policy.precison` in the recipe or its schema \(did you mean "precision"\?\)'):
+        load_recipe(recipes / "child.yaml", ["policy.precison.dtype=bf16"])
