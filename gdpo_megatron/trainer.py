@@ -63,16 +63,6 @@ def step_seed(run_seed: int, step: int, round_: int = 0) -> int:
     return (run_seed * 1_000_003 + step * 101 + round_) % (2**31 - 1)
 
 
-def capture_rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-
-
 def response_length_metrics(batch: StepBatch, max_new_tokens: int) -> dict[str, float]:
     lengths = torch.tensor([len(r) for r in batch.response_ids], dtype=torch.float64)
     truncated = sum(reason == "length" for reason in batch.finish_reasons)
@@ -133,7 +123,7 @@ class Trainer:
         from gdpo_megatron.data.synthetic import build_tokenizer, warmstart_demonstrations
         from gdpo_megatron.warmstart import Demonstration, run_warmstart
 
-        target = self.run_dir.path / "initial_model"
+        target = self.run_dir.root / "initial_model"
         tokenizer = build_tokenizer()
         demos = [Demonstration(p, r) for p, r in warmstart_demonstrations(
             self.recipe.warmstart.num_examples, self.recipe.seed, tokenizer, self.recipe.data)]
@@ -248,43 +238,41 @@ class Trainer:
     def _save(self, step: int) -> None:
         import ray
 
+        from gdpo_megatron.checkpointing import RunState, capture_rng_state, write_run_state
+
         def write(path: Path) -> None:
             ray.get([w.save_checkpoint.remote(str(path / "policy")) for w in self.workers])
-            torch.save({"step": step, "sampler": self.sampler.state_dict(), "rng": capture_rng_state(),
-                        "nan_skips_in_a_row": self.nan_skips_in_a_row}, path / "trainer_state.pt")
+            state = RunState(step=step, config_hash=self.config_hash, sampler_state=self.sampler.state_dict(),
+                             consecutive_nan_skips=self.nan_skips_in_a_row)
+            write_run_state(path, state, capture_rng_state())
 
         start = time.perf_counter()
         self.checkpoints.save(step, write)
         self.log(f"[checkpoint] step {step} saved in {time.perf_counter() - start:.1f}s")
 
     def _resume(self) -> int:
-        """Load the latest complete checkpoint if the recipe asks for it; return the next step."""
+        """Load the latest complete checkpoint if `trainer.resume` asks for it; return the next step."""
         import ray
 
-        from gdpo_megatron.config import ConfigError
+        from gdpo_megatron.checkpointing import check_config_hash, read_run_state, resolve_resume, restore_rng_state
 
-        mode = self.recipe.trainer.resume
-        latest = self.checkpoints.latest()
+        latest = resolve_resume(self.checkpoints, self.recipe.trainer.resume)
         if latest is None:
-            if mode is True:
-                raise ConfigError(f"trainer.resume: true, but {self.run_dir.checkpoints} holds no complete checkpoint")
             return 0
-        if mode is False:
-            raise ConfigError(f"trainer.resume: false, but {self.run_dir.path} already has checkpoints; "
-                              "use another trainer.run_dir or resume=auto")
+        state, rng = read_run_state(latest.path)
+        check_config_hash(state, self.config_hash, latest.path)
         ray.get([w.load_checkpoint.remote(str(latest.path / "policy")) for w in self.workers])
-        state = torch.load(latest.path / "trainer_state.pt", weights_only=False)
-        self.sampler.load_state_dict(state["sampler"])
-        restore_rng_state(state["rng"])
-        self.nan_skips_in_a_row = state["nan_skips_in_a_row"]
-        self.log(f"[resume] from step {state['step']} ({latest.path})")
-        return state["step"]
+        self.sampler.load_state_dict(state.sampler_state)
+        restore_rng_state(rng)
+        self.nan_skips_in_a_row = state.consecutive_nan_skips
+        self.log(f"[resume] from step {state.step} ({latest.path})")
+        return state.step
 
     # ---------------------------------------------------------------- the loop
     def run(self) -> int:
         from transformers import AutoTokenizer
 
-        from gdpo_megatron.checkpointing import CheckpointManager
+        from gdpo_megatron.checkpointing import CheckpointManager, config_hash
         from gdpo_megatron.data import PromptSampler, load_prompt_dataset
         from gdpo_megatron.metrics import MetricsLogger
         from gdpo_megatron.orchestration.cluster import RayCluster
@@ -302,6 +290,7 @@ class Trainer:
         self.sampler = PromptSampler(dataset, cfg.prompts_per_step, seed=self.recipe.seed, shuffle=self.recipe.data.shuffle)
         self.checkpoints = CheckpointManager(self.run_dir.checkpoints, keep_last=cfg.checkpoint.keep_last,
                                              fsync=cfg.checkpoint.fsync)
+        self.config_hash = config_hash(to_dict(self.recipe))
         self.nan_skips_in_a_row = 0
         self._pending_metrics: dict[str, float] = {}
         step = 0
