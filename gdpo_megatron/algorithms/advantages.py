@@ -133,10 +133,12 @@ def normalize_in_groups(x: Tensor, groups: GroupIndex, numerics: AdvantageNumeri
         scale = group_std(stats, correction=1 if numerics.group_std == "unbiased" else 0)[inv]
     if scale is None:
         out = centered
-    elif numerics.eps_mode == "add":
-        out = centered / (scale + numerics.group_eps)
     else:
-        out = torch.where(scale > 0, centered / (scale + numerics.group_eps), centered)
+        denominator = scale + numerics.group_eps
+        # where_positive divides only where std > 0; with add and eps = 0 a zero std is left
+        # undivided too (the centered value is then 0 or, leave-one-out, the plain difference).
+        divide = (scale > 0) if numerics.eps_mode == "where_positive" else (denominator > 0)
+        out = torch.where(divide, centered / torch.where(divide, denominator, torch.ones_like(denominator)), centered)
     singleton = stats.valid & (stats.count[inv] == 1)
     if numerics.singleton_group == "raw":
         # verl: a lone rollout gets mean 0 and std 1, i.e. its raw reward over (1 + eps).
@@ -251,7 +253,7 @@ def normalize_batch(scores: Tensor, row_weight: Tensor, mode: str, eps: float) -
         var = scores.new_zeros(())
     std = var.sqrt()
     if mode == "add":
-        return centered / (std + eps)
+        return centered / (std + eps) if float(std) + eps > 0.0 else centered
     if mode == "where_positive":
         return centered / (std + eps) if float(std) > 0.0 else centered
     if mode == "inside_sqrt":
