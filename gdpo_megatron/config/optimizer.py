@@ -6,8 +6,9 @@ Owned by the train-step work (issue 3, losses/optimizer part); extend here, keep
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional
 
+from .errors import ConfigError
 from .schema import Section, option
 
 
@@ -25,3 +26,11 @@ class OptimizerConfig(Section):
     schedule: Literal["constant", "cosine", "linear"] = option("constant", doc="decay after warmup")
     warmup_steps: int = option(0, ge=0, doc="linear warmup steps")
     distributed: bool = option(True, doc="shard optimizer state over data-parallel ranks")
+    decay_steps: Optional[int] = option(None, ge=1, doc="optimizer updates over which cosine/linear decay to min_lr "
+                                        "(null: trainer.max_steps * trainer.mini_batches_per_step * trainer.ppo_epochs)")
+
+    def validate(self) -> None:
+        if self.min_lr > self.lr:
+            raise ConfigError(f"min_lr: must be <= lr ({self.lr:g}), got {self.min_lr:g}")
+        if self.decay_steps is not None and self.warmup_steps >= self.decay_steps:
+            raise ConfigError(f"warmup_steps: must be < decay_steps ({self.decay_steps}), got {self.warmup_steps}")

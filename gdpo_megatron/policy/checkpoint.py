@@ -1,0 +1,88 @@
+"""Policy checkpoints with megatron-core's distributed checkpointing (model + optimizer + scheduler + step).
+
+Every rank writes its own shards collectively into `<dir>.partial`; once all ranks are
+done, rank 0 renames it to `<dir>` (atomic on one filesystem), so a crash mid-save never
+leaves a directory that looks complete. The trainer writes its run-level state next to it.
+
+The optimizer is saved in megatron's `fully_sharded_model_space` form: the files are
+keyed by model-space tensors, so a load into the same layout restores exactly (the CPU
+test checks bit-exact resume). dist_checkpointing's save starts worker processes
+(spawn): scripts that call it need an `if __name__ == "__main__":` guard.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch.distributed as dist
+
+_OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_sharded_model_space"}
+_PARTIAL_SUFFIX = ".partial"
+
+
+def _is_rank0() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _model_sharded_state(model_chunks) -> dict:
+    if len(model_chunks) == 1:
+        return {"model": model_chunks[0].sharded_state_dict()}
+    return {f"model{i}": chunk.sharded_state_dict() for i, chunk in enumerate(model_chunks)}
+
+
+def _sharded_state(model_chunks, optimizer, scheduler, extra: dict, is_loading: bool) -> dict:
+    state = _model_sharded_state(model_chunks)
+    models = {}
+    for value in state.values():
+        models.update(value)
+    state["optimizer"] = optimizer.sharded_state_dict(models, is_loading=is_loading, metadata=_OPTIMIZER_METADATA)
+    state["scheduler"] = scheduler.state_dict()
+    state["policy_state"] = dict(extra)
+    return state
+
+
+def save_policy_checkpoint(directory: str | Path, model_chunks, optimizer, scheduler, extra: dict | None = None) -> Path:
+    """Collective: every rank of the policy calls it with the same directory."""
+    from megatron.core import dist_checkpointing
+
+    final = Path(directory)
+    partial = final.with_name(final.name + _PARTIAL_SUFFIX)
+    if _is_rank0():
+        if final.exists():
+            raise FileExistsError(f"policy checkpoint {final} already exists; choose a new directory")
+        shutil.rmtree(partial, ignore_errors=True)  # a leftover from a crashed save
+        partial.mkdir(parents=True)
+    _barrier()
+    state = _sharded_state(model_chunks, optimizer, scheduler, extra or {}, is_loading=False)
+    dist_checkpointing.save(state, str(partial))
+    _barrier()
+    if _is_rank0():
+        partial.rename(final)
+    _barrier()
+    return final
+
+
+def load_policy_checkpoint(directory: str | Path, model_chunks, optimizer, scheduler) -> dict:
+    """Collective: restores weights, optimizer state and schedule in place; returns the saved `extra` dict."""
+    from megatron.core import dist_checkpointing
+
+    path = Path(directory)
+    if not path.is_dir():
+        hint = " (an unfinished save left a .partial directory)" if path.with_name(path.name + _PARTIAL_SUFFIX).exists() else ""
+        raise FileNotFoundError(f"policy checkpoint {path} does not exist{hint}")
+    state = _sharded_state(model_chunks, optimizer, scheduler, {}, is_loading=True)
+    loaded = dist_checkpointing.load(state, str(path))
+    if len(model_chunks) == 1:
+        model_chunks[0].load_state_dict(loaded["model"])
+    else:
+        for i, chunk in enumerate(model_chunks):
+            chunk.load_state_dict(loaded[f"model{i}"])
+    optimizer.load_state_dict(loaded["optimizer"])
+    scheduler.load_state_dict(loaded["scheduler"])
+    return dict(loaded.get("policy_state", {}))
