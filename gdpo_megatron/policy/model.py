@@ -243,3 +243,65 @@ def model_forward(chunk: torch.nn.Module, input_ids: torch.Tensor, position_ids:
     if position_ids is None:
         position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0).expand_as(input_ids)
     return chunk(input_ids, position_ids, attention_mask=None)
+
+
+@torch.no_grad()
+def forward_logits(model_chunks: list[torch.nn.Module], input_ids: torch.Tensor, vocab_size: int | None = None):
+    """Full-vocabulary fp32 logits `[batch, seq, vocab]` of a causal forward through all PP stages.
+
+    Called on every rank with the same `input_ids`; returns the logits on last-stage ranks
+    (TP-gathered, padding columns cut at `vocab_size` when given) and None elsewhere.
+    Meant for checks and small-scale generation, not for training (which stays vocab-parallel).
+    """
+    from megatron.core import parallel_state as mpu
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+    from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_parallel_region
+
+    device = next(model_chunks[0].parameters()).device
+    tokens = input_ids.to(device)
+    positions = torch.arange(tokens.shape[1], device=device).unsqueeze(0).expand_as(tokens)
+    collected: list[torch.Tensor] = []
+
+    def forward_step(data_iterator, chunk):
+        output = chunk(tokens, positions, attention_mask=None)
+
+        def keep(output_tensor, non_loss_data=False):
+            logits = gather_from_tensor_model_parallel_region(output_tensor).float()
+            collected.append(logits[..., :vocab_size] if vocab_size else logits)
+            return logits.new_zeros(())
+
+        return output, keep
+
+    for chunk in model_chunks:
+        chunk.eval()
+    get_forward_backward_func()(
+        forward_step_func=forward_step,
+        data_iterator=[iter([None]) for _ in model_chunks] if len(model_chunks) > 1 else iter([None]),
+        model=model_chunks if len(model_chunks) > 1 else model_chunks[0],
+        num_microbatches=1,
+        seq_length=tokens.shape[1],
+        micro_batch_size=tokens.shape[0],
+        forward_only=True,
+        collect_non_loss_data=True,
+    )
+    return collected[0] if mpu.is_pipeline_last_stage() and collected else None
+
+
+@torch.no_grad()
+def greedy_generate(model_chunks: list[torch.nn.Module], input_ids: torch.Tensor, max_new_tokens: int,
+                    vocab_size: int | None = None) -> torch.Tensor:
+    """Greedy continuation (no KV cache: re-runs the prefix each step), identical on every rank."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state as mpu
+
+    tokens = input_ids.clone()
+    for _ in range(max_new_tokens):
+        logits = forward_logits(model_chunks, tokens, vocab_size)
+        next_token = torch.zeros(tokens.shape[0], 1, dtype=tokens.dtype, device=tokens.device)
+        if logits is not None:
+            next_token = logits[:, -1].argmax(dim=-1, keepdim=True).to(tokens.device, tokens.dtype)
+        if mpu.get_pipeline_model_parallel_world_size() > 1:
+            src = mpu.get_pipeline_model_parallel_last_rank()
+            dist.broadcast(next_token, src=src, group=mpu.get_pipeline_model_parallel_group())
+        tokens = torch.cat([tokens, next_token], dim=1)
+    return tokens
