@@ -1,0 +1,68 @@
+"""MetricsLogger: one call per step fans the metrics out to every sink and the progress line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, TextIO
+
+from .jsonl import JsonlWriter, make_record
+from .progress import ProgressDisplay
+from .sinks import SINKS, MetricSink, SinkContext, enabled_sinks
+
+
+class MetricsLogger:
+    """Writes `<run_dir>/metrics.jsonl` always, TensorBoard/W&B when `trainer.logging` says so.
+
+    `resume_step`: the checkpoint step a resumed run continues from (None for a fresh
+    run); records after it are removed from the files so they match an uninterrupted run.
+    """
+
+    def __init__(self, run_dir: str | Path, *, total_steps: int, logging_config: Any = None,
+                 run_name: str | None = None, resume_step: int | None = None,
+                 config: Mapping[str, Any] | None = None, stream: TextIO | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.jsonl = JsonlWriter(self.run_dir / "metrics.jsonl", resume_step=resume_step)
+        context = SinkContext(self.run_dir, run_name or self.run_dir.name, resume_step, logging_config, config)
+        self.sinks: dict[str, MetricSink] = {}
+        try:
+            for name in enabled_sinks(logging_config):
+                self.sinks[name] = SINKS.get(name)(context)
+        except BaseException:
+            self.close()
+            raise
+        self.progress = ProgressDisplay(
+            total_steps,
+            mode=getattr(logging_config, "progress", "auto"),
+            stream=stream,
+            extra_keys=getattr(logging_config, "progress_keys", ()),
+            start_step=resume_step or 0,
+        )
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        """Record one step; returns the cleaned record (what metrics.jsonl holds)."""
+        record = make_record(step, metrics)
+        self.jsonl.write(record)
+        for sink in self.sinks.values():
+            sink.write(step, record)
+        if hasattr(self, "progress"):
+            self.progress.update(step, record)
+        return record
+
+    def message(self, text: str) -> None:
+        """A human message that does not garble the progress line."""
+        self.progress.log(text)
+
+    def close(self) -> None:
+        if hasattr(self, "progress"):
+            self.progress.close()
+        for sink in self.sinks.values():
+            sink.close()
+        self.sinks = {}
+        self.jsonl.close()
+
+    def __enter__(self) -> "MetricsLogger":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
