@@ -8,7 +8,7 @@ character tokens plus one token per tag, EOS included):
     response                          correct  format  length
     <answer>42</answer>                   1       1       1
     17+25=42 <answer>42</answer>          1       1       0
-    <answer>42</answer> done              1       0       1
+    <answer>42</answer>!                  1       0       1
     <answer>43</answer>                   0       1       1
 """
 

@@ -126,7 +126,7 @@ def correctness_score(truth: list[ToolCall], predicted: list[ToolCall]) -> float
             continue
         used[j] = True
         pred = predicted[j]
-        r_param += _jaccard(Counter(gt.arguments), Counter(pred.arguments))
+        r_param += _jaccard(Counter(gt.arguments.keys()), Counter(pred.arguments.keys()))
         r_value += sum(1 for k, v in gt.arguments.items() if k in pred.arguments and values_match(v, pred.arguments[k]))
     s_max = 1 + len(truth) + sum(len(c.arguments) for c in truth)
     return 6.0 * (r_name + r_param + r_value) / s_max - 3.0
