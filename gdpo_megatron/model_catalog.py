@@ -93,6 +93,10 @@ CATALOG: dict[str, ModelArch] = {m.name: m for m in [
 ]}
 
 
+# Planning size for an explicit model whose vocabulary comes from its tokenizer at run time.
+VOCAB_WHEN_UNSET = 32768
+
+
 def lookup(name: str) -> Optional[ModelArch]:
     """Catalog entry by repository id or by its last path part, case-insensitively."""
     wanted = name.strip().rstrip("/").lower()
@@ -155,11 +159,11 @@ def resolve_arch(model: Any) -> ModelArch:
             f"policy.model.hf_path: {hf_path!r} is neither a local directory with config.json nor a "
             f"catalogued model{hint}; catalogued: {', '.join(CATALOG)}")
     raise ConfigError("policy.model: set hf_path (a local HF checkpoint or a catalogued model) "
-                      "or the explicit sizes (num_layers, hidden_size, ffn_hidden_size, num_attention_heads, vocab_size)")
+                      "or the explicit sizes (num_layers, hidden_size, ffn_hidden_size, num_attention_heads)")
 
 
 def _explicit_arch(model: Any) -> Optional[ModelArch]:
-    needed = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "vocab_size")
+    needed = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads")
     if any(getattr(model, k, None) is None for k in needed):
         return None
     heads = model.num_attention_heads
@@ -171,7 +175,8 @@ def _explicit_arch(model: Any) -> Optional[ModelArch]:
         ffn_hidden_size=model.ffn_hidden_size,
         num_attention_heads=heads,
         num_query_groups=model.num_query_groups or heads,
-        vocab_size=model.vocab_size,
+        # Recipes that build a fresh model may leave the vocabulary to the task's tokenizer.
+        vocab_size=model.vocab_size or VOCAB_WHEN_UNSET,
         max_position_embeddings=model.max_position_embeddings,
         tie_embeddings=model.tie_embeddings,
         head_dim=getattr(model, "head_dim", None) or model.hidden_size // heads,

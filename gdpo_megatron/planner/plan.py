@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from gdpo_megatron.config.recipe import RecipeConfig
-from gdpo_megatron.model_catalog import ModelArch, resolve_arch
+from gdpo_megatron.model_catalog import VOCAB_WHEN_UNSET, ModelArch, resolve_arch
 
 from .gpus import GpuKind, gpu_kind
 from .memory import GIB, RUNTIME_RESERVE_GIB, EngineMemory, TrainingLayout, TrainingMemory, engine_memory, training_memory
@@ -120,13 +120,15 @@ def _layout_findings(recipe: RecipeConfig, arch: ModelArch, layout: Layout, per_
     tp, pp = layout.tensor, layout.pipeline
     gen = recipe.generation
 
-    if not layout.colocated and layout.policy_devices <= 0:
+    if per_node == 0:
+        pass  # CPU host: engines and workers share the host's cores; no device accounting
+    elif not layout.colocated and layout.policy_devices <= 0:
         out.append(Finding("error", "generation.num_engines",
                            f"separate engines take {layout.generation_devices} of {layout.total_devices} devices, "
                            "none are left for the policy",
                            "set generation.colocated=true or lower generation.num_engines"))
         return out
-    if layout.colocated and layout.generation_devices > layout.total_devices:
+    elif layout.colocated and layout.generation_devices > layout.total_devices:
         out.append(Finding("error", "generation.num_engines",
                            f"{gen.num_engines} engines x tensor_parallel {gen.tensor_parallel} = "
                            f"{layout.generation_devices} devices, but the cluster has {layout.total_devices}",
@@ -220,6 +222,10 @@ def make_plan(recipe: RecipeConfig) -> Plan:
     plan = Plan(recipe.name, arch.name, arch.total_params(), "CPU" if cpu else kind.name,
                 None if cpu else kind.memory_gib, layout, None, None)
     plan.findings.extend(_layout_findings(recipe, arch, layout, per_node))
+    model = recipe.policy.model
+    if model.vocab_size is None and arch.vocab_size == VOCAB_WHEN_UNSET and not model.hf_path:
+        plan.findings.append(Finding("warning", "policy.model.vocab_size",
+                                     f"not set (the tokenizer decides at run time); planned with {VOCAB_WHEN_UNSET}"))
     if data == 0:
         return plan
 
@@ -252,7 +258,10 @@ def _fits_training(arch: ModelArch, recipe: RecipeConfig, policy_devices: int, t
         return False
     data = policy_devices // (tp * pp)
     layout = _training_layout(recipe, tp, pp, data, recompute, _microbatches(recipe, data))
-    return training_memory(arch, layout).total <= device_bytes
+    memory = training_memory(arch, layout)
+    # A suggestion must also leave room for colocated engines, or it only moves the error.
+    engine_budget = recipe.generation.gpu_memory_utilization * device_bytes if recipe.generation.colocated else 0.0
+    return memory.total <= device_bytes and memory.resident + memory.reserve + engine_budget <= device_bytes
 
 
 def _check_training_fits(plan: Plan, recipe: RecipeConfig, arch: ModelArch, device_bytes: float) -> None:
@@ -312,10 +321,12 @@ def _check_generation_fits(plan: Plan, recipe: RecipeConfig, arch: ModelArch, de
     eng = plan.engine
     gen = recipe.generation
     if eng.sequences < 1:
-        bigger = [tp for tp in TP_CHOICES if gen.tensor_parallel < tp <= recipe.cluster.gpus_per_node
-                  and arch.num_attention_heads % tp == 0
-                  and engine_memory(arch, tp, device_bytes, gen.gpu_memory_utilization, eng.max_model_len).sequences >= 1]
-        hint = [f"raise generation.tensor_parallel to {bigger[0]}"] if bigger else []
+        sequences = {tp: engine_memory(arch, tp, device_bytes, gen.gpu_memory_utilization, eng.max_model_len).sequences
+                     for tp in TP_CHOICES if gen.tensor_parallel < tp <= recipe.cluster.gpus_per_node
+                     and arch.num_attention_heads % tp == 0}
+        # Prefer a size that batches well over the smallest one that merely starts.
+        good = [tp for tp, n in sequences.items() if n >= LOW_CONCURRENCY] or [tp for tp, n in sequences.items() if n >= 1]
+        hint = [f"raise generation.tensor_parallel to {good[0]}"] if good else []
         hint.append("raise generation.gpu_memory_utilization")
         plan.findings.append(Finding(
             "error", "generation.gpu_memory_utilization",

@@ -8,6 +8,7 @@ from pathlib import Path
 from gdpo_megatron.config import ConfigError, load_recipe
 
 SHARED_FOLDERS = {"defaults"}   # partial recipes meant to be inherited, not run
+SHARED_FILES = {"base.yaml"}
 
 
 @dataclass
@@ -29,7 +30,8 @@ def default_recipes_dir() -> Path:
 
 def recipe_files(root: str | Path) -> list[Path]:
     root = Path(root)
-    return sorted(p for p in root.rglob("*.yaml") if not SHARED_FOLDERS & set(p.relative_to(root).parts[:-1]))
+    return sorted(p for p in root.rglob("*.yaml")
+                  if p.name not in SHARED_FILES and not SHARED_FOLDERS & set(p.relative_to(root).parts[:-1]))
 
 
 def summarize(path: Path, root: Path) -> RecipeRow:
