@@ -86,6 +86,23 @@ def main():
     else:
         workdir = staging
 
+    # The program runs in a forked child; this process stays behind (root in the namespaces,
+    # pid 1 there) and reports how the child ended on a pipe that the program never sees:
+    # exit statuses through `unshare` lose signals, and pid 1 would shrug off SIGXCPU.
+    status_fd = int(sys.argv[2])
+    pid = os.fork()
+    if pid == 0:
+        os.close(status_fd)
+        run_program(spec, workdir)
+        return
+    _, status = os.waitpid(pid, 0)
+    os.write(status_fd, json.dumps({"wait_status": status}).encode())
+    os.close(status_fd)
+    code = os.waitstatus_to_exitcode(status)
+    os._exit(code if code >= 0 else 128 - code)
+
+
+def run_program(spec, workdir):
     uid = spec["uid"]
     if uid is not None:
         for root, dirs, files in os.walk(workdir):
@@ -100,9 +117,8 @@ def main():
         if os.getuid() == 0 or os.geteuid() == 0:
             fail("still root after dropping privileges")
 
-    limits = spec["rlimits"]
     try:
-        for name, value in limits.items():
+        for name, value in spec["rlimits"].items():
             resource.setrlimit(getattr(resource, name), tuple(value))
     except (ValueError, OSError) as exc:
         fail(f"setrlimit: {exc}")
@@ -114,6 +130,5 @@ def main():
     sys.argv = ["prog.py"]
     sys.path.insert(0, workdir)
     runpy.run_path("prog.py", run_name="__main__")
-
 
 main()

@@ -32,7 +32,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -179,8 +179,7 @@ def run_sandboxed(code: str, stdin: str = "", limits: SandboxLimits = SandboxLim
         }
         Path(staging, "spec.json").write_text(json.dumps(spec))
         prefix = _namespace_prefix(mode) if mode != "rlimits" else []
-        command = prefix + [sys.executable, "-I", "-S", _CHILD, staging]
-        result = _execute(command, stdin.encode("utf-8"), limits, mode)
+        result = _execute(prefix + [sys.executable, "-I", "-S", _CHILD, staging], stdin.encode("utf-8"), limits, mode)
         if lease is not None and mode == "rlimits":
             _kill_uid(lease.uid)
         if result.returncode == _SETUP_FAILED and "gdpo-sandbox-setup-error" in result.stderr:
@@ -194,8 +193,13 @@ def run_sandboxed(code: str, stdin: str = "", limits: SandboxLimits = SandboxLim
 
 def _execute(command: list[str], stdin: bytes, limits: SandboxLimits, mode: str) -> SandboxResult:
     start = time.monotonic()
-    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=dict(_MINIMAL_ENV), start_new_session=True, close_fds=True)
+    status_read, status_write = os.pipe()
+    try:
+        proc = subprocess.Popen(command + [str(status_write)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=dict(_MINIMAL_ENV), start_new_session=True,
+                                close_fds=True, pass_fds=(status_write,))
+    finally:
+        os.close(status_write)
     feeder = threading.Thread(target=_feed_stdin, args=(proc.stdin, stdin), daemon=True)
     feeder.start()
     buffers = {proc.stdout: bytearray(), proc.stderr: bytearray()}
@@ -233,7 +237,8 @@ def _execute(command: list[str], stdin: bytes, limits: SandboxLimits, mode: str)
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    returncode = proc.wait()
+    launcher_code = proc.wait()
+    returncode = _program_status(status_read, launcher_code)
     feeder.join(timeout=1)
     for pipe in (proc.stdin, proc.stdout, proc.stderr):
         try:
@@ -256,5 +261,11 @@ def _execute(command: list[str], stdin: bytes, limits: SandboxLimits, mode: str)
     )
 
 
-def describe_limits(limits: SandboxLimits) -> dict:
-    return asdict(limits)
+def _program_status(status_read: int, launcher_code: int) -> int:
+    """The program's own exit status (negative: its signal), as the launcher saw it."""
+    with os.fdopen(status_read, "rb") as pipe:
+        report = pipe.read()
+    if not report:
+        return launcher_code  # killed before the program ended (timeout, output limit) or set-up failed
+    return os.waitstatus_to_exitcode(json.loads(report)["wait_status"])
+
