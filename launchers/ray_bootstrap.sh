@@ -1,0 +1,1 @@
+../gdpo_megatron/launch/ray_bootstrap.sh
