@@ -61,6 +61,12 @@ def _prepare_in_process_environment() -> None:
     """
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if torch.distributed.get_world_size() != 1:
+            raise RuntimeError("an in-process vLLM engine needs a process whose torch.distributed world is 1 "
+                               f"(this one has {torch.distributed.get_world_size()} ranks); run the engine in its "
+                               "own process (generation.colocated=false)")
+        os.environ.setdefault("RANK", "0")
+        os.environ.setdefault("LOCAL_RANK", "0")
         return
     for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
         os.environ.setdefault(key, value)
