@@ -1,0 +1,101 @@
+"""Pure parts of generation: mismatch metric (golden numbers), buckets, packing, prompt spreading,
+sampling settings and config validation. No engine is started; runs in well under a second."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gdpo_megatron.config.errors import ConfigError
+from gdpo_megatron.config.recipe import RecipeConfig
+from gdpo_megatron.config.schema import build
+from gdpo_megatron.generation import (MismatchCheck, Rollout, SamplingSettings, check_grouped, generation_mismatch,
+                                      pad_logprobs, sampling_from_config)
+from gdpo_megatron.generation.buckets import iter_buckets
+from gdpo_megatron.generation.transports import pack_bucket, unpack_bucket
+from gdpo_megatron.generation.vllm_backend import split_evenly
+
+
+def test_mismatch_golden_values_and_masking():
+    engine = torch.tensor([[math.log(0.5), math.log(0.25), 123.0]])
+    policy = torch.tensor([[math.log(0.5), math.log(0.5), -7.0]])
+    mask = torch.tensor([[True, True, False]])
+    # ratios: 1 and 2 -> |r-1| = 0 and 1; the masked position is ignored whatever it holds.
+    result = generation_mismatch(engine, policy, mask)
+    assert result["mean"] == pytest.approx(0.5)
+    assert result["max"] == pytest.approx(1.0)
+    assert result["abs_log_ratio_mean"] == pytest.approx(math.log(2) / 2)
+    assert result["tokens"] == 2
+    assert generation_mismatch(engine, policy, torch.zeros_like(mask))["mean"] == 0.0
+    with pytest.raises(ValueError, match="shapes differ"):
+        generation_mismatch(engine, policy[:, :2], mask)
+
+
+def test_mismatch_check_runs_every_n_steps_and_warns():
+    warnings = []
+    check = MismatchCheck(every_steps=3, warn_above=0.1)
+    values, mask = pad_logprobs([[math.log(0.5)], [math.log(0.5), math.log(0.5)]])
+    assert mask.tolist() == [[True, False], [True, True]]
+    assert check.run(1, values, values, mask, warn=warnings.append) == {}
+    assert check.run(3, values, values + math.log(1.5), mask, warn=warnings.append)["mismatch/mean"] == \
+        pytest.approx(0.5)
+    assert len(warnings) == 1 and "step 3" in warnings[0]
+    assert MismatchCheck(every_steps=0).due(0) is False
+
+
+def test_buckets_bound_size_and_preserve_order():
+    tensors = [(f"w{i}", torch.zeros(25)) for i in range(10)]  # 100 bytes each
+    buckets = list(iter_buckets(iter(tensors), bucket_bytes=250))
+    assert [[n for n, _ in b] for b in buckets] == [["w0", "w1", "w2"], ["w3", "w4", "w5"], ["w6", "w7", "w8"], ["w9"]]
+    assert [len(b) for b in iter_buckets([("big", torch.zeros(1000))], 8)] == [1]
+    with pytest.raises(ValueError, match="appears twice"):
+        list(iter_buckets([("a", torch.zeros(1)), ("a", torch.zeros(1))], 100))
+
+
+def test_packed_bucket_round_trip_mixed_dtypes_shared_memory():
+    bucket = [("a", torch.arange(6, dtype=torch.float32).reshape(2, 3)), ("b", torch.tensor([1, 2, 3], dtype=torch.int8)),
+              ("c", torch.randn(4, 5).to(torch.bfloat16)), ("d", torch.randn(3, 4).t())]  # non-contiguous
+    packed = pack_bucket(bucket, shared=True)
+    assert packed.buffer.is_shared()
+    assert packed.nbytes == sum(t.numel() * t.element_size() for _, t in bucket)
+    for (name, original), (got_name, got) in zip(bucket, unpack_bucket(packed)):
+        assert got_name == name and got.dtype == original.dtype and torch.equal(got, original)
+
+
+def test_split_evenly_covers_in_order():
+    assert split_evenly(7, 3) == [(0, 3), (3, 5), (5, 7)]
+    assert split_evenly(1, 3) == [(0, 1), (1, 1), (1, 1)]
+
+
+def test_sampling_settings_from_config_and_seeds():
+    recipe = build(RecipeConfig, {"generation": {"sampling": {"temperature": 0.7, "top_k": 20, "stop": ["\n\n"],
+                                                              "stop_token_ids": [5], "max_new_tokens": 64}}})
+    s = sampling_from_config(recipe.generation.sampling, n=4, seed=100)
+    assert (s.n, s.temperature, s.top_k, s.stop, s.stop_token_ids, s.max_new_tokens, s.seed) == \
+        (4, 0.7, 20, ("\n\n",), (5,), 64, 100)
+    assert [s.seed_for(p) for p in range(3)] == [100, 104, 108]  # engines add the sample index: disjoint
+    assert SamplingSettings(seed=None).seed_for(3) is None
+    with pytest.raises(ValueError, match="top_k"):
+        SamplingSettings(top_k=0)
+
+
+def test_generation_config_rejects_inconsistent_settings():
+    with pytest.raises(ConfigError, match="generation.sampling.top_k"):
+        build(RecipeConfig, {"generation": {"sampling": {"top_k": 0}}})
+    with pytest.raises(ConfigError, match="generation.refit.transport"):
+        build(RecipeConfig, {"generation": {"colocated": False, "refit": {"transport": "cuda_ipc"}}})
+    with pytest.raises(ConfigError, match="generation.num_engines"):
+        build(RecipeConfig, {"generation": {"backend": "megatron", "num_engines": 2}})
+
+
+def test_check_grouped_detects_disorder():
+    def r(p, s):
+        return Rollout(p, s, [1], [2], [-0.1], "stop")
+
+    check_grouped([r(0, 0), r(0, 1), r(1, 0), r(1, 1)], 2, 2)
+    with pytest.raises(RuntimeError, match="out of order"):
+        check_grouped([r(0, 0), r(1, 0), r(0, 1), r(1, 1)], 2, 2)
+    with pytest.raises(ValueError, match="logprobs"):
+        Rollout(0, 0, [1], [2, 3], [-0.1], "stop")
