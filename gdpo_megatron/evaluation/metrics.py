@@ -1,0 +1,113 @@
+"""Per-task evaluation metrics over n samples per prompt (paper conventions).
+
+- accuracy: share of samples judged correct (synthetic/math: correctness 1; code: all tests
+  pass; tool calling: tool_correctness = 3), averaged over samples, then over prompts.
+- pass_rate (code): mean passed/total tests.  bug_ratio (code): share of samples that hit a
+  compile/runtime error, a resource kill or a timeout.
+- format_rate (synthetic, tool calling): share with the exact output format.
+- exceed: share of samples longer than max_tokens (paper: L = 4000 for math and code).
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Optional, Sequence
+
+from gdpo_megatron.rewards import REWARDS
+
+TASK_MAX_TOKENS = {"synthetic": 8, "math": 4000, "code": 4000, "tool_calling": 1024}
+TASK_SCORES = {
+    "synthetic": {"correct": "synthetic_correct", "format": "synthetic_format"},
+    "math": {"correct": "math_correctness"},
+    "code": {"pass": "code_pass", "no_bug": "code_no_bug"},
+    "tool_calling": {"correctness": "tool_correctness", "format": "format"},
+}
+
+
+def _mean_per_prompt(values: list[list[float]]) -> float:
+    """Mean over samples within each prompt, then over prompts (NaNs skipped)."""
+    per_prompt = []
+    for row in values:
+        valid = [v for v in row if not math.isnan(v)]
+        if valid:
+            per_prompt.append(sum(valid) / len(valid))
+    return sum(per_prompt) / len(per_prompt) if per_prompt else math.nan
+
+
+def word_count(text: str) -> int:
+    return len(text.split())
+
+
+def evaluate_responses(task: str, records: Sequence[dict], responses: Sequence[Sequence[str] | str],
+                       num_tokens: Optional[Sequence[Sequence[int] | int]] = None,
+                       max_tokens: Optional[int] = None, reward_args: Optional[dict[str, dict]] = None,
+                       count_tokens: Callable[[str], int] = word_count, num_workers: int = 1) -> dict:
+    """Metrics for `responses[i]` (one string or a list of n samples) answering `records[i]`.
+
+    num_tokens: per-sample token counts; when absent, `count_tokens(response)` (default: words).
+    reward_args: extra keyword arguments per reward function name (e.g. code timeouts).
+    """
+    if task not in TASK_SCORES:
+        raise ValueError(f"evaluation: unknown task {task!r}; tasks: {', '.join(TASK_SCORES)}")
+    if len(records) != len(responses):
+        raise ValueError(f"evaluation: {len(records)} records but {len(responses)} response lists")
+    samples = [[r] if isinstance(r, str) else list(r) for r in responses]
+    if num_tokens is None:
+        tokens = [[count_tokens(s) for s in row] for row in samples]
+    else:
+        tokens = [[int(t)] if isinstance(t, int) else [int(x) for x in t] for t in num_tokens]
+    limit = max_tokens if max_tokens is not None else TASK_MAX_TOKENS[task]
+    reward_args = reward_args or {}
+    jobs = [(i, j) for i, row in enumerate(samples) for j in range(len(row))]
+
+    def score(job: tuple[int, int]) -> dict[str, float]:
+        i, j = job
+        return {key: float(REWARDS.get(fn)(records[i], samples[i][j], tokens[i][j], **reward_args.get(fn, {})))
+                for key, fn in TASK_SCORES[task].items()}
+
+    # Code rewards wait on sandboxed subprocesses, so threads overlap them; math-verify relies on
+    # SIGALRM, which only works in the main thread, so everything else runs serially.
+    if task == "code" and num_workers > 1:
+        with ThreadPoolExecutor(num_workers) as pool:
+            scored = list(pool.map(score, jobs))
+    else:
+        scored = [score(job) for job in jobs]
+
+    table: dict[str, list[list[float]]] = {key: [[] for _ in samples] for key in TASK_SCORES[task]}
+    for (i, _), values in zip(jobs, scored):
+        for key, value in values.items():
+            table[key][i].append(value)
+    exceed = [[1.0 if t > limit else 0.0 for t in row] for row in tokens]
+    metrics: dict = {"task": task, "num_prompts": len(records), "num_samples": len(jobs),
+                     "samples_per_prompt": sorted({len(row) for row in samples}), "max_tokens": limit,
+                     "exceed": _mean_per_prompt(exceed)}
+    if task in ("synthetic", "math"):
+        metrics["accuracy"] = _mean_per_prompt(table["correct"])
+    if task == "synthetic":
+        metrics["format_rate"] = _mean_per_prompt(table["format"])
+    if task == "code":
+        metrics["accuracy"] = _mean_per_prompt([[float(v == 1.0) if not math.isnan(v) else v for v in row]
+                                                for row in table["pass"]])
+        metrics["pass_rate"] = _mean_per_prompt(table["pass"])
+        metrics["bug_ratio"] = _mean_per_prompt([[1.0 - v for v in row] for row in table["no_bug"]])
+    if task == "tool_calling":
+        metrics["accuracy"] = _mean_per_prompt([[float(v == 3.0) for v in row] for row in table["correctness"]])
+        metrics["mean_tool_correctness"] = _mean_per_prompt(table["correctness"])
+        metrics["format_rate"] = _mean_per_prompt(table["format"])
+    return metrics
+
+
+def format_table(metrics: dict) -> str:
+    """A two-column text table of the numeric metrics (rates as percentages)."""
+    rows = []
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            shown = "n/a" if math.isnan(value) else (
+                f"{100 * value:.2f}%" if key in ("accuracy", "pass_rate", "bug_ratio", "format_rate", "exceed")
+                else f"{value:.4f}")
+        else:
+            shown = str(value)
+        rows.append((key, shown))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
