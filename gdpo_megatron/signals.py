@@ -31,8 +31,10 @@ ABORTED_EXIT_CODE = 130
 
 class GracefulStop:
     def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT),
-                 stream: TextIO | None = None) -> None:
-        self.signals = signals
+                 stream: TextIO | None = None, enabled: bool = True) -> None:
+        # enabled=False (trainer.checkpoint.save_on_signal=false) keeps the default
+        # handlers: a signal then stops the process at once, as without gdpo.
+        self.signals = signals if enabled else ()
         self.stream = stream
         self.requested = False
         self.signal_name: str | None = None

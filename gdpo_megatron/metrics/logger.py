@@ -13,14 +13,18 @@ from .sinks import SINKS, MetricSink, SinkContext, enabled_sinks
 class MetricsLogger:
     """Writes `<run_dir>/metrics.jsonl` always, TensorBoard/W&B when `trainer.logging` says so.
 
-    `resume_step`: the checkpoint step a resumed run continues from (None for a fresh
-    run); records after it are removed from the files so they match an uninterrupted run.
+    `run_dir`: a path or a `RunDir`. `logging_config`: the recipe's `trainer.logging`.
+    `resume_from_step`: the checkpoint step a resumed run continues from (None or 0 for a
+    fresh run); records after it are removed from the files so they match an
+    uninterrupted run.
     """
 
-    def __init__(self, run_dir: str | Path, *, total_steps: int, logging_config: Any = None,
-                 run_name: str | None = None, resume_step: int | None = None,
+    def __init__(self, run_dir: Any, logging_config: Any = None, *, total_steps: int,
+                 run_name: str | None = None, resume_from_step: int | None = None,
                  config: Mapping[str, Any] | None = None, stream: TextIO | None = None) -> None:
-        self.run_dir = Path(run_dir)
+        self.run_dir = Path(getattr(run_dir, "root", run_dir))
+        # Step 0 has no checkpoint: resuming "from 0" is a fresh start.
+        resume_step = resume_from_step or None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = JsonlWriter(self.run_dir / "metrics.jsonl", resume_step=resume_step)
         context = SinkContext(self.run_dir, run_name or self.run_dir.name, resume_step, logging_config, config)
@@ -36,7 +40,7 @@ class MetricsLogger:
             mode=getattr(logging_config, "progress", "auto"),
             stream=stream,
             extra_keys=getattr(logging_config, "progress_keys", ()),
-            start_step=resume_step or 0,
+            start_step=resume_from_step or 0,
         )
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:

@@ -59,7 +59,7 @@ def test_resume_truncates_jsonl_to_match_uninterrupted_run(tmp_path):
             logger.log(step, _step_metrics(step))
     with open(interrupted / "metrics.jsonl", "a") as handle:
         handle.write('{"step": 6, "reward/for')  # torn line from the crash
-    with MetricsLogger(interrupted, total_steps=6, logging_config=_logging(), resume_step=3) as logger:
+    with MetricsLogger(interrupted, total_steps=6, logging_config=_logging(), resume_from_step=3) as logger:
         assert [r["step"] for r in read_metrics(interrupted / "metrics.jsonl")] == [1, 2, 3]
         for step in range(4, 7):
             logger.log(step, _step_metrics(step))
@@ -170,7 +170,7 @@ def test_tensorboard_sink_writes_scalars_and_purges_on_resume(tmp_path):
     with MetricsLogger(tmp_path, total_steps=4, logging_config=config) as logger:
         for step in range(1, 5):
             logger.log(step, _step_metrics(step))
-    with MetricsLogger(tmp_path, total_steps=4, logging_config=config, resume_step=2) as logger:
+    with MetricsLogger(tmp_path, total_steps=4, logging_config=config, resume_from_step=2) as logger:
         logger.log(3, {"reward/format/mean": 9.0})
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
@@ -192,7 +192,7 @@ def test_wandb_offline_without_network_keeps_files_in_run_dir(tmp_path, monkeypa
     with MetricsLogger(run, total_steps=2, logging_config=config, config={"seed": 1}) as logger:
         logger.log(1, _step_metrics(1))
         first_id = (run / "wandb" / "run_id").read_text().strip()
-    with MetricsLogger(run, total_steps=2, logging_config=config, resume_step=1) as logger:
+    with MetricsLogger(run, total_steps=2, logging_config=config, resume_from_step=1) as logger:
         logger.log(2, _step_metrics(2))
     assert (run / "wandb" / "run_id").read_text().strip() == first_id
     offline_runs = sorted((run / "wandb").glob(f"offline-run-*-{first_id}"))

@@ -128,3 +128,16 @@ def _enter_and_record(errors):
             pass
     except RuntimeError as exc:
         errors.append(exc)
+
+
+def test_disabled_keeps_existing_handlers():
+    def sentinel(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, sentinel)
+    try:
+        with GracefulStop(enabled=False) as stop:
+            assert signal.getsignal(signal.SIGTERM) is sentinel
+            assert not stop.requested
+    finally:
+        signal.signal(signal.SIGTERM, previous)

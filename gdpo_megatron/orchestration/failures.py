@@ -1,0 +1,139 @@
+"""Worker failures as one clear message: which worker, which step, how to continue.
+
+A dead Ray actor (process crash, OOM kill, lost node) surfaces in the driver as a
+RayActorError subclass with a multi-line system message; an exception inside a worker
+as a RayTaskError wrapping the remote traceback. Both become `WorkerFailure`, whose
+message names the worker (its Ray actor name, e.g. `policy-rank1`) and the training
+step, and says that the run resumes from the last complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+_NAME = re.compile(r"^\s*name: (?P<name>\S+)\s*$", re.MULTILINE)
+_CLASS = re.compile(r"^\s*class_name: (?P<name>\S+)\s*$", re.MULTILINE)
+_PID = re.compile(r"^\s*pid: (?P<pid>\d+)\s*$", re.MULTILINE)
+
+
+class WorkerFailure(RuntimeError):
+    def __init__(self, worker: str, step: int | None, kind: str, detail: str,
+                 checkpoint_hint: str = "the last complete checkpoint") -> None:
+        self.worker = worker
+        self.step = step
+        self.kind = kind  # "died" (process gone) or "raised" (exception inside the worker)
+        self.detail = detail
+        when = f"during step {step}" if step is not None else "before the first step"
+        what = "died" if kind == "died" else "failed"
+        super().__init__(
+            f"worker {worker} {what} {when}: {detail}\n"
+            f"The run stopped. Rerun the same command to resume from {checkpoint_hint} "
+            "(trainer.resume=auto); steps after it are recomputed.")
+
+
+def _actor_death_detail(message: str) -> str:
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    # Ray's system message ends with the cause (exit type and detail); keep that part.
+    tail = [line for line in lines if not re.match(r"^(class_name|actor_id|pid|name|namespace|ip):", line)]
+    detail = " ".join(tail[1:] if len(tail) > 1 else tail)
+    pid = _PID.search(message)
+    if pid:
+        detail = f"{detail} (pid {pid.group('pid')})"
+    return detail or "the actor process is gone"
+
+
+def as_worker_failure(exc: BaseException, step: int | None, worker: str | None = None,
+                      checkpoint_hint: str = "the last complete checkpoint") -> WorkerFailure | None:
+    """The WorkerFailure for a Ray error, or None when `exc` is not a worker failure."""
+    from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
+
+    if isinstance(exc, WorkerFailure):
+        return exc
+    if isinstance(exc, RayActorError):
+        message = getattr(exc, "error_msg", None) or str(exc)
+        name = _NAME.search(message)
+        klass = _CLASS.search(message)
+        worker = worker or (name.group("name") if name else None) or (
+            f"{klass.group('name')} (actor {exc.actor_id})" if klass else f"actor {exc.actor_id}")
+        return WorkerFailure(worker, step, "died", _actor_death_detail(message), checkpoint_hint)
+    if isinstance(exc, WorkerCrashedError):
+        return WorkerFailure(worker or "a Ray worker", step, "died", str(exc).strip(), checkpoint_hint)
+    if isinstance(exc, RayTaskError):
+        # The exception the driver sees is a RayTaskError subclass proxying the remote
+        # cause; the call site (function, pid, actor id) is only in its message header.
+        text = _ANSI.sub("", str(exc))
+        header = _TASK_HEADER.search(text)
+        function = header.group("function") if header else "a Ray task"
+        cause = vars(exc).get("cause")
+        summary = f"{type(cause).__name__}: {cause}" if cause is not None else text.strip().splitlines()[-1]
+        where = f"in {function}" + (f", pid {header.group('pid')}" if header else "")
+        actor_id = _ACTOR_ID.search(text)
+        worker = worker or (_actor_name(actor_id.group(1)) if actor_id else None) or function
+        return WorkerFailure(worker, step, "raised", f"{summary} ({where})", checkpoint_hint)
+    return None
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_TASK_HEADER = re.compile(r"ray::(?P<function>[\w.<>]+)\(\)\s*\(pid=(?P<pid>\d+)")
+_ACTOR_ID = re.compile(r"actor_id=([0-9a-f]+)")
+
+
+def _actor_name(actor_id: str) -> str | None:
+    """The name an actor was created with (`.options(name=...)`), looked up in Ray's GCS."""
+    try:
+        import ray
+
+        return ray._private.state.actors(actor_id).get("Name") or None
+    except Exception:  # noqa: BLE001 - naming is best effort; the function name is the fallback
+        return None
+
+
+@contextmanager
+def worker_failures(current_step: Callable[[], int | None] | int | None = None,
+                    checkpoint_hint: str = "the last complete checkpoint") -> Iterator[None]:
+    """Turn Ray worker errors raised inside the block into WorkerFailure (chained to the original)."""
+    try:
+        yield
+    except WorkerFailure:
+        raise
+    except Exception as exc:  # noqa: BLE001 - everything that is not a worker failure re-raises as is
+        step = current_step() if callable(current_step) else current_step
+        failure = as_worker_failure(exc, step, checkpoint_hint=checkpoint_hint)
+        if failure is None:
+            raise
+        raise failure from exc
+
+
+def get_all(named_refs: Mapping[str, Any] | Sequence[tuple[str, Any]], step: int | None,
+            timeout_s: float | None = None) -> dict[str, Any]:
+    """Results of several workers' calls, failing fast on the first worker that fails.
+
+    `ray.get(list)` can wait forever on a healthy rank stuck in a collective with a dead
+    peer; `ray.wait` returns the dead worker's error as soon as it exists, and the
+    error names that worker.
+    """
+    import ray
+    from ray.exceptions import GetTimeoutError
+
+    pairs = list(named_refs.items()) if isinstance(named_refs, Mapping) else list(named_refs)
+    name_of = {ref: name for name, ref in pairs}
+    pending = [ref for _, ref in pairs]
+    results: dict[str, Any] = {}
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1, timeout=timeout_s)
+        if not done:
+            names = ", ".join(name_of[r] for r in pending)
+            raise WorkerFailure(names, step, "died", f"no answer within {timeout_s:.0f}s (hung or unreachable)")
+        ref = done[0]
+        try:
+            results[name_of[ref]] = ray.get(ref)
+        except GetTimeoutError:  # pragma: no cover - ray.wait said it is ready
+            raise
+        except Exception as exc:  # noqa: BLE001
+            failure = as_worker_failure(exc, step, worker=name_of[ref])
+            if failure is None:
+                raise
+            raise failure from exc
+    return {name: results[name] for name, _ in pairs}
