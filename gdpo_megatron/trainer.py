@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,15 +76,27 @@ def response_length_metrics(batch: StepBatch, max_new_tokens: int) -> dict[str, 
     }
 
 
-def reward_metrics(rewards: torch.Tensor, names: list[str], weights: list[float]) -> dict[str, float]:
-    """Raw reward means per component and the weighted sum (NaN-aware), before any conditioning."""
-    out = {}
-    for k, name in enumerate(names):
-        column = rewards[:, k]
+def reward_metrics(rewards: torch.Tensor, specs) -> dict[str, float]:
+    """Per-reward means as the advantage stage sees them (conditions applied), and their weighted sum.
+
+    A conditioned reward also reports `raw_mean`, its value before the gate (GDPO Eq. 8).
+    Missing values (NaN) are left out of each mean and count as 0 in the combined reward.
+    """
+    from gdpo_megatron.algorithms.advantages import apply_reward_conditions
+
+    conditioned = apply_reward_conditions(rewards, specs)
+
+    def nanmean(column: torch.Tensor) -> float:
         valid = ~torch.isnan(column)
-        out[f"reward/{name}/mean"] = column[valid].mean().item() if valid.any() else float("nan")
-    combined = torch.nan_to_num(rewards, nan=0.0) @ torch.tensor(weights, dtype=rewards.dtype)
-    out["reward/combined/mean"] = combined.mean().item()
+        return column[valid].mean().item() if valid.any() else float("nan")
+
+    out = {}
+    for k, spec in enumerate(specs):
+        out[f"reward/{spec.name}/mean"] = nanmean(conditioned[:, k])
+        if spec.condition is not None:
+            out[f"reward/{spec.name}/raw_mean"] = nanmean(rewards[:, k])
+    weights = torch.tensor([spec.weight for spec in specs], dtype=conditioned.dtype)
+    out["reward/combined/mean"] = (torch.nan_to_num(conditioned, nan=0.0) @ weights).mean().item()
     return out
 
 
@@ -120,15 +133,20 @@ class Trainer:
 
                 raise ConfigError("policy.model.hf_path: required unless warmstart.enabled is true")
             return self.recipe.policy.model.hf_path
-        from gdpo_megatron.data.synthetic import build_tokenizer, warmstart_demonstrations
+        from gdpo_megatron.data import render_prompt
+        from gdpo_megatron.data.synthetic import build_tokenizer, warmstart_examples
         from gdpo_megatron.warmstart import Demonstration, run_warmstart
 
-        target = self.run_dir.root / "initial_model"
+        if self.recipe.data.task != "synthetic":
+            from gdpo_megatron.config import ConfigError
+
+            raise ConfigError(f"warmstart.enabled: demonstrations exist for the synthetic task only, "
+                              f"not data.task={self.recipe.data.task!r}")
         tokenizer = build_tokenizer()
-        demos = [Demonstration(p, r) for p, r in warmstart_demonstrations(
-            self.recipe.warmstart.num_examples, self.recipe.seed, tokenizer, self.recipe.data)]
-        return str(run_warmstart(self.recipe.policy.model, self.recipe.warmstart, tokenizer, demos, target,
-                                 self.recipe.seed, log=self.log))
+        examples = warmstart_examples(self.recipe.warmstart.num_examples, self.recipe.seed, **self.recipe.data.args)
+        demos = [Demonstration(render_prompt(e["record"], tokenizer), e["response"]) for e in examples]
+        return str(run_warmstart(self.recipe.policy.model, self.recipe.warmstart, tokenizer, demos,
+                                 self.run_dir.root / "initial_model", self.recipe.seed, log=self.log))
 
     def _start_workers(self, model_path: str) -> None:
         import ray
@@ -210,8 +228,6 @@ class Trainer:
         return kept.select([i for i, g in enumerate(kept.group_ids) if g in set(first)])
 
     def _train(self, batch: StepBatch) -> dict[str, float]:
-        import ray
-
         rewards = batch.rewards
         response_ids = batch.response_ids
         if self.recipe.trainer.overlong_filtering:
@@ -221,8 +237,11 @@ class Trainer:
             rewards[[i for i, r in enumerate(batch.finish_reasons) if r == "length"]] = float("nan")
         shards = shard_rollouts(batch.prompt_ids, response_ids, rewards,
                                 torch.tensor(batch.group_ids, dtype=torch.long), batch.engine_logprobs, self.dp_size)
-        futures = [w.train_on.remote(shards[layout["dp_rank"]]) for w, layout in zip(self.workers, self.layouts)]
-        return mean_over_ranks(ray.get(futures))
+        from gdpo_megatron.orchestration.failures import get_all
+
+        calls = [(f"policy-rank{layout['rank']}", worker.train_on.remote(shards[layout["dp_rank"]]))
+                 for worker, layout in zip(self.workers, self.layouts)]
+        return mean_over_ranks(list(get_all(calls, self.step).values()))
 
     def _refit(self) -> dict[str, float]:
         import ray
@@ -276,8 +295,8 @@ class Trainer:
         from gdpo_megatron.data import PromptSampler, load_prompt_dataset
         from gdpo_megatron.metrics import MetricsLogger
         from gdpo_megatron.orchestration.cluster import RayCluster
-        from gdpo_megatron.orchestration.failures import WorkerFailure, worker_failures
-        from gdpo_megatron.signals import GracefulStop
+        from gdpo_megatron.orchestration.failures import worker_failures
+        from gdpo_megatron.signals import INTERRUPTED_EXIT_CODE, GracefulStop
 
         cfg = self.recipe.trainer
         self.run_dir.config.write_text(recipe_to_yaml(self.recipe))
@@ -286,43 +305,42 @@ class Trainer:
         np.random.seed(self.recipe.seed % 2**32)
         model_path = self._initial_model()
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        dataset = load_prompt_dataset(self.recipe.data, "train", self.recipe.seed)
+        dataset = load_prompt_dataset(self.recipe.data, "train", self.recipe.seed, tokenizer=self.tokenizer)
         self.sampler = PromptSampler(dataset, cfg.prompts_per_step, seed=self.recipe.seed, shuffle=self.recipe.data.shuffle)
         self.checkpoints = CheckpointManager(self.run_dir.checkpoints, keep_last=cfg.checkpoint.keep_last,
                                              fsync=cfg.checkpoint.fsync)
         self.config_hash = config_hash(to_dict(self.recipe))
         self.nan_skips_in_a_row = 0
         self._pending_metrics: dict[str, float] = {}
-        step = 0
-        with RayCluster(self.run_dir.ray), GracefulStop(enabled=cfg.checkpoint.save_on_signal) as stop:
-            with worker_failures(lambda: step):
-                self._start_workers(model_path)
-                step = self._resume()
-                metrics_log = MetricsLogger(self.run_dir, cfg.logging, total_steps=cfg.max_steps,
-                                            resume_from_step=step, run_name=self.recipe.name)
-                try:
-                    self._refit()  # the engine serves exactly the policy's weights from the first step on
-                    while step < cfg.max_steps:
-                        metrics = self._step(step)
-                        step += 1
-                        metrics_log.log(step, metrics)
-                        if self._too_many_nan_skips(metrics):
-                            self._save(step)
-                            self.log(f"[stop] {self.nan_skips_in_a_row} consecutive non-finite updates "
-                                     f"(trainer.max_consecutive_nan_skips={cfg.max_consecutive_nan_skips}); "
-                                     f"saved step {step}; inspect {self.run_dir.metrics}")
-                            return 3
-                        every = cfg.checkpoint.every_steps
-                        if (every and step % every == 0) or step == cfg.max_steps:
-                            self._save(step)
-                        if stop.requested:
-                            if not (every and step % every == 0):
-                                self._save(step)
-                            self.log(f"[stop] {stop.signal_name} received: checkpointed step {step}; "
-                                     f"rerun the same command to resume")
-                            return 0
-                finally:
-                    metrics_log.close()
+        self.step = 0
+        signals = (signal.SIGTERM, signal.SIGINT) if cfg.checkpoint.save_on_signal else ()
+        with RayCluster(self.run_dir.ray), GracefulStop(signals) as stop, worker_failures(lambda: self.step):
+            self._start_workers(model_path)
+            self.step = step = self._resume()
+            metrics_log = MetricsLogger(self.run_dir.root, total_steps=cfg.max_steps, logging_config=cfg.logging,
+                                        run_name=self.recipe.name, resume_step=step or None,
+                                        config=to_dict(self.recipe))
+            try:
+                self._refit()  # the engine serves exactly the policy's weights from the first step on
+                while step < cfg.max_steps:
+                    metrics = self._step(step)
+                    self.step = step = step + 1
+                    metrics_log.log(step, metrics)
+                    if self._too_many_nan_skips(metrics):
+                        self._save(step)
+                        self.log(f"[stop] {self.nan_skips_in_a_row} consecutive non-finite updates "
+                                 f"(trainer.max_consecutive_nan_skips={cfg.max_consecutive_nan_skips}); "
+                                 f"saved step {step}; inspect {self.run_dir.metrics}")
+                        return 3
+                    every = cfg.checkpoint.every_steps
+                    if (every and step % every == 0) or step == cfg.max_steps or stop.requested:
+                        self._save(step)
+                    if stop.requested and step < cfg.max_steps:
+                        self.log(f"[stop] {stop.signal_name}: checkpointed step {step}; "
+                                 f"rerun the same command to resume")
+                        return INTERRUPTED_EXIT_CODE
+            finally:
+                metrics_log.close()
         self.log(f"[done] {step} steps; metrics in {self.run_dir.metrics}")
         return 0
 
@@ -332,8 +350,7 @@ class Trainer:
         self._pending_metrics = {}
         batch = self._collect(step)
         timings["time/rollout"] = time.perf_counter() - start
-        names = [r.name for r in self.recipe.algorithm.rewards]
-        metrics = reward_metrics(batch.rewards, names, self.recipe.algorithm.reward_weights)
+        metrics = reward_metrics(batch.rewards, self.recipe.algorithm.rewards)
         metrics.update(response_length_metrics(batch, self.recipe.generation.sampling.max_new_tokens))
         metrics.update(self._pending_metrics)
         train_start = time.perf_counter()
@@ -348,7 +365,7 @@ class Trainer:
         return metrics
 
     def _too_many_nan_skips(self, metrics: dict[str, float]) -> bool:
-        if metrics.get("train/skipped_updates", 0.0) > 0:
+        if metrics.get("train/skipped", 0.0) > 0:
             self.nan_skips_in_a_row += 1
         else:
             self.nan_skips_in_a_row = 0

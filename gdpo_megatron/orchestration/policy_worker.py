@@ -54,8 +54,9 @@ class PolicyWorker:
         if self.policy.uses_reference:
             batch.ref_logprobs = self.policy.compute_reference_logprobs(batch)
         metrics: dict[str, Any] = dict(result.diagnostics)
-        metrics.update(self.policy.train(batch, num_mini_batches=self.recipe.trainer.mini_batches_per_step,
-                                         epochs=self.recipe.trainer.ppo_epochs, gpg_alpha=result.gpg_alpha))
+        trained = self.policy.train(batch, num_mini_batches=self.recipe.trainer.mini_batches_per_step,
+                                    epochs=self.recipe.trainer.ppo_epochs, gpg_alpha=result.gpg_alpha)
+        metrics.update({f"train/{name}": value for name, value in trained.items()})
         if batch.old_logprobs is not None and shard.engine_logprobs:
             engine = batch.pad_response_values(shard.engine_logprobs)
             for key, value in generation_mismatch(engine, batch.old_logprobs, batch.response_mask).items():
