@@ -22,7 +22,8 @@ class MetricsLogger:
     def __init__(self, run_dir: Any, logging_config: Any = None, *, total_steps: int,
                  run_name: str | None = None, resume_from_step: int | None = None,
                  config: Mapping[str, Any] | None = None, stream: TextIO | None = None) -> None:
-        self.run_dir = Path(getattr(run_dir, "root", run_dir))
+        # A RunDir carries its path in .root (not to be confused with PurePath.root, "/").
+        self.run_dir = Path(run_dir.root if not isinstance(run_dir, (str, Path)) else run_dir)
         # Step 0 has no checkpoint: resuming "from 0" is a fresh start.
         resume_step = resume_from_step or None
         self.run_dir.mkdir(parents=True, exist_ok=True)

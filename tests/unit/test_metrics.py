@@ -198,3 +198,12 @@ def test_wandb_offline_without_network_keeps_files_in_run_dir(tmp_path, monkeypa
     offline_runs = sorted((run / "wandb").glob(f"offline-run-*-{first_id}"))
     assert offline_runs and all((d / f"run-{first_id}.wandb").stat().st_size > 0 for d in offline_runs)
     assert not home.exists() or not any(home.rglob("*wandb*"))
+
+
+def test_logger_accepts_run_dir_object(tmp_path):
+    from gdpo_megatron.run_dir import RunDir
+
+    run = RunDir.create(tmp_path / "run")
+    with MetricsLogger(run, _logging(), total_steps=1, resume_from_step=0) as logger:
+        logger.log(1, {"x": 2.0})
+    assert read_metrics(run.metrics) == [{"step": 1, "x": 2.0}]
