@@ -84,3 +84,42 @@ def verify_conversion(hf_dir: str | Path, tp: int = 1, pp: int = 1, tokens: torc
     diff = (ours - theirs).abs().max().item()
     ours_greedy, theirs_greedy = ours.argmax(-1)[0].tolist(), theirs.argmax(-1)[0].tolist()
     return VerifyResult(diff, ours_greedy == theirs_greedy, tokens.shape[1], theirs_greedy, ours_greedy)
+
+
+def _probe_worker(ctx: LaunchContext, hf_dirs: list[str], tp: int, pp: int, tokens: torch.Tensor,
+                  new_tokens: int, export: bool):
+    from gdpo_megatron.conversion.exporter import export_hf_weights
+    from gdpo_megatron.conversion.importer import load_hf_weights
+    from gdpo_megatron.distributed.setup import destroy_distributed, init_distributed
+    from gdpo_megatron.policy.model import build_model, forward_logits, greedy_generate, vocab_info
+
+    state = init_distributed(ParallelConfig(tensor=tp, pipeline=pp))
+    results = {}
+    try:
+        for hf_dir in hf_dirs:
+            policy = policy_for(hf_dir, tp, pp)
+            chunks = build_model(policy, for_inference=True)
+            load_hf_weights(chunks, hf_dir, policy)
+            vocab = vocab_info(policy).vocab_size
+            logits = forward_logits(chunks, tokens, vocab)
+            generated = greedy_generate(chunks, tokens, new_tokens, vocab) if new_tokens else None
+            exported = {name: t.clone().cpu() for name, t in export_hf_weights(chunks, policy)} if export else None
+            results[hf_dir] = {"logits": None if logits is None else logits.cpu(),
+                               "generated": None if generated is None else generated.cpu(),
+                               # every rank yields the full export; return it from two ranks to check that
+                               "exported": exported if ctx.rank in (0, ctx.world_size - 1) else None}
+            del chunks
+    finally:
+        destroy_distributed()
+    return {"rank": state.rank, "tp_rank": state.tp_rank, "pp_rank": state.pp_rank, "models": results}
+
+
+def probe_conversion(hf_dirs: list[str | Path], tp: int = 1, pp: int = 1, tokens: torch.Tensor | None = None,
+                     new_tokens: int = 0, export: bool = True) -> list[dict]:
+    """Per rank: {'rank', 'tp_rank', 'pp_rank', 'models': {hf_dir: {'logits', 'generated', 'exported'}}}.
+
+    One set of TP*PP processes converts every checkpoint in `hf_dirs` in turn (they must
+    all fit the layout); logits are present on last-stage ranks, exports on ranks 0 and last.
+    """
+    tokens = torch.arange(1, 17).unsqueeze(0) if tokens is None else tokens
+    return spawn_local(_probe_worker, tp * pp, args=([str(d) for d in hf_dirs], tp, pp, tokens, new_tokens, export))
