@@ -123,7 +123,8 @@ class VllmEngine:
         from vllm import SamplingParams
 
         return SamplingParams(
-            n=sampling.n,
+            # vLLM refuses n > 1 when greedy; the n greedy rollouts are identical, so one is decoded and copied.
+            n=1 if sampling.greedy else sampling.n,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             top_k=sampling.top_k if sampling.top_k > 0 else -1,
@@ -151,6 +152,8 @@ class VllmEngine:
         rollouts = []
         for (index, ids), output in zip(prompts, outputs):
             completions = sorted(output.outputs, key=lambda c: c.index)
+            if sampling.greedy:
+                completions = completions * sampling.n
             for sample_index, completion in enumerate(completions):
                 rollouts.append(Rollout(
                     prompt_index=index,
