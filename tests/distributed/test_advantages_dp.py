@@ -1,7 +1,7 @@
 """The distributed advantage stage equals the single-process one BITWISE, on real gloo groups.
 
-One spawn per world size runs every case (process start-up dominates the cost); each rank
-saves its local results and the test process compares them with `compute_advantages` on
+One spawn of 4 processes runs every case (process start-up dominates the cost): the default
+group of 4 and two 2-process subgroups. Each rank saves its local results and the test process compares them with `compute_advantages` on
 the concatenated batch (masks zero-padded to the widest shard).
 """
 
@@ -60,18 +60,34 @@ def _shard_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
     return (torch.arange(width).unsqueeze(0) < lengths.clamp(max=width).unsqueeze(1)).float()
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+def _run_cases(world: int, rank: int, group) -> dict:
     results = {}
     for case in build_cases(world):
         start = sum(case["sizes"][:rank])
         stop = start + case["sizes"][rank]
         mask = _shard_mask(case["lengths"][start:stop], case["widths"][rank])
         res = distributed_compute_advantages(case["rewards"][start:stop], case["group_ids"][start:stop],
-                                             _config(**case["config"]), None, local_response_mask=mask)
+                                             _config(**case["config"]), group, local_response_mask=mask)
         results[case["name"]] = dict(advantages=res.advantages, token_advantages=res.token_advantages,
                                      gpg_alpha=res.gpg_alpha, diagnostics=res.diagnostics)
+    return results
+
+
+# 4 processes: the world-4 cases on the default group, and the world-2 cases on two 2-process
+# subgroups with non-adjacent global ranks ({0, 2} and {1, 3}), so the rank order that
+# matters is the one inside the given group. One spawn keeps the process start-up cost once.
+SUBGROUPS = ([0, 2], [1, 3])
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=4)
+    results = {4: _run_cases(4, rank, None)}
+    subgroups = [dist.new_group(ranks) for ranks in SUBGROUPS]  # every rank creates every group
+    for ranks, subgroup in zip(SUBGROUPS, subgroups):
+        if rank in ranks:
+            assert dist.get_world_size(subgroup) == 2
+            results[2] = _run_cases(2, dist.get_rank(subgroup), subgroup)
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.barrier()
     dist.destroy_process_group()
@@ -83,10 +99,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(scope="module")
+def rank_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dp_advantages")
+    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=4, join=True)
+    return [torch.load(out / f"rank{r}.pt") for r in range(4)]
+
+
 @pytest.mark.parametrize("world", [2, 4])
-def test_distributed_advantages_bitwise_equal_single_process(world, tmp_path):
-    mp.spawn(_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True)
-    per_rank = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+def test_distributed_advantages_bitwise_equal_single_process(world, rank_results):
+    groups = [list(range(4))] if world == 4 else list(SUBGROUPS)
     cases = build_cases(world)
     assert len(cases) == 2 * len(CONFIGS)
     for case in cases:
@@ -98,13 +120,15 @@ def test_distributed_advantages_bitwise_equal_single_process(world, tmp_path):
         reference = compute_advantages(case["rewards"], case["group_ids"], _config(**case["config"]), full_mask)
         assert torch.isfinite(reference.advantages).all()
         assert reference.advantages.abs().sum() > 0, case["name"]
-        for r in range(world):
-            got = per_rank[r][case["name"]]
-            start = sum(case["sizes"][:r])
-            stop = start + case["sizes"][r]
-            assert torch.equal(got["advantages"], reference.advantages[start:stop]), (case["name"], r)
-            assert got["token_advantages"].shape == (case["sizes"][r], case["widths"][r])
-            assert torch.equal(got["token_advantages"],
-                               reference.token_advantages[start:stop, :case["widths"][r]]), (case["name"], r)
-            assert got["gpg_alpha"] == reference.gpg_alpha
-            assert got["diagnostics"] == reference.diagnostics, (case["name"], r)
+        for members in groups:
+            for r, global_rank in enumerate(members):
+                got = rank_results[global_rank][world][case["name"]]
+                start = sum(case["sizes"][:r])
+                stop = start + case["sizes"][r]
+                where = (case["name"], members, r)
+                assert torch.equal(got["advantages"], reference.advantages[start:stop]), where
+                assert got["token_advantages"].shape == (case["sizes"][r], case["widths"][r])
+                assert torch.equal(got["token_advantages"],
+                                   reference.token_advantages[start:stop, :case["widths"][r]]), where
+                assert got["gpg_alpha"] == reference.gpg_alpha
+                assert got["diagnostics"] == reference.diagnostics, where
