@@ -30,10 +30,17 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def _gpt(chunk):
+    # Keys must not depend on wrappers (DDP, Float16Module): a checkpoint loads into any of them.
+    from .model import unwrap
+
+    return unwrap(chunk)
+
+
 def _model_sharded_state(model_chunks) -> dict:
     if len(model_chunks) == 1:
-        return {"model": model_chunks[0].sharded_state_dict()}
-    return {f"model{i}": chunk.sharded_state_dict() for i, chunk in enumerate(model_chunks)}
+        return {"model": _gpt(model_chunks[0]).sharded_state_dict()}
+    return {f"model{i}": _gpt(chunk).sharded_state_dict() for i, chunk in enumerate(model_chunks)}
 
 
 def _sharded_state(model_chunks, optimizer, scheduler, extra: dict, is_loading: bool) -> dict:
@@ -78,11 +85,35 @@ def load_policy_checkpoint(directory: str | Path, model_chunks, optimizer, sched
         raise FileNotFoundError(f"policy checkpoint {path} does not exist{hint}")
     state = _sharded_state(model_chunks, optimizer, scheduler, {}, is_loading=True)
     loaded = dist_checkpointing.load(state, str(path))
-    if len(model_chunks) == 1:
-        model_chunks[0].load_state_dict(loaded["model"])
-    else:
-        for i, chunk in enumerate(model_chunks):
-            chunk.load_state_dict(loaded[f"model{i}"])
+    for i, chunk in enumerate(model_chunks):
+        _gpt(chunk).load_state_dict(loaded["model" if len(model_chunks) == 1 else f"model{i}"])
     optimizer.load_state_dict(loaded["optimizer"])
     scheduler.load_state_dict(loaded["scheduler"])
     return dict(loaded.get("policy_state", {}))
+
+
+def save_model_weights(directory: str | Path, model_chunks) -> Path:
+    """Weights only (no optimizer), in megatron's layout-independent sharded format; atomic like above."""
+    from megatron.core import dist_checkpointing
+
+    final = Path(directory)
+    partial = final.with_name(final.name + _PARTIAL_SUFFIX)
+    if _is_rank0():
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+    _barrier()
+    dist_checkpointing.save(_model_sharded_state(model_chunks), str(partial))
+    _barrier()
+    if _is_rank0():
+        partial.rename(final)
+    _barrier()
+    return final
+
+
+def load_model_weights(directory: str | Path, model_chunks) -> None:
+    """Load weights saved by either function above, into any TP/PP layout megatron can reshard to."""
+    from megatron.core import dist_checkpointing
+
+    loaded = dist_checkpointing.load(_model_sharded_state(model_chunks), str(directory))
+    for i, chunk in enumerate(model_chunks):
+        _gpt(chunk).load_state_dict(loaded["model" if len(model_chunks) == 1 else f"model{i}"])

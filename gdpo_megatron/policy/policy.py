@@ -25,7 +25,7 @@ import torch
 from gdpo_megatron.config.recipe import RecipeConfig
 
 from .batch import PolicyBatch
-from .checkpoint import load_policy_checkpoint, save_policy_checkpoint
+from .checkpoint import load_model_weights, load_policy_checkpoint, save_model_weights, save_policy_checkpoint
 from .model import build_model, vocab_info
 from .optimizer import build_optimizer, build_scheduler, wrap_ddp
 from .train_step import StepSettings, compute_logprobs, train_batch
@@ -84,7 +84,7 @@ class MegatronPolicy:
             unwrap(dst).load_state_dict(unwrap(src).state_dict(), strict=False)
 
     def compute_logprobs(self, batch: PolicyBatch) -> torch.Tensor:
-        """Token-aligned [B, T] fp32 logprobs of batch.input_ids under the current weights (0 where no prefix)."""
+        """Token-aligned [B, T] fp32 logprobs of the response tokens under the current weights (0 off the response mask)."""
         return compute_logprobs(self.model, batch, self.settings)
 
     def compute_reference_logprobs(self, batch: PolicyBatch) -> torch.Tensor:
@@ -126,6 +126,15 @@ class MegatronPolicy:
         """Collective over all policy ranks; atomic (written to <dir>.partial, then renamed)."""
         return save_policy_checkpoint(directory, self.model, self.optimizer, self.scheduler,
                                       {"updates": self.updates})
+
+    def save_weights(self, directory: str | Path) -> Path:
+        """Model weights only (megatron sharded format, loadable into another TP/PP layout)."""
+        return save_model_weights(directory, self.model)
+
+    def load_weights(self, directory: str | Path) -> None:
+        load_model_weights(directory, self.model)
+        if self.reference is not None:
+            self._copy_weights(self.model, self.reference)
 
     def load_checkpoint(self, directory: str | Path) -> None:
         extra = load_policy_checkpoint(directory, self.model, self.optimizer, self.scheduler)

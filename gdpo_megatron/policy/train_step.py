@@ -116,7 +116,7 @@ def _broadcast_from_last_stage(tensor: Optional[torch.Tensor], shape, dtype) -> 
 
 @torch.no_grad()
 def compute_logprobs(model_chunks, batch: PolicyBatch, settings: StepSettings) -> torch.Tensor:
-    """Token-aligned [B, T] fp32 logprobs of batch.input_ids (0 where no prefix); the same on every rank."""
+    """Token-aligned [B, T] fp32 logprobs of the response tokens (0 off the response mask); the same on every rank."""
     micro = _split(batch, settings)
     device = _device()
 
@@ -143,7 +143,9 @@ def compute_logprobs(model_chunks, batch: PolicyBatch, settings: StepSettings) -
         width = batch.input_ids.shape[1]
         rows = [torch.nn.functional.pad(o["logprobs"].float(), (0, width - o["logprobs"].shape[1])) for o in outputs]
         result = torch.cat(rows)[: len(batch)]
-    return _broadcast_from_last_stage(result, tuple(batch.input_ids.shape), torch.float32).cpu()
+    result = _broadcast_from_last_stage(result, tuple(batch.input_ids.shape), torch.float32).cpu()
+    # Outside the response the values depend on how rows were grouped into micro-batches; zero them.
+    return result * (batch.response_mask != 0)
 
 
 def global_counts(batch: PolicyBatch, norm_length: float) -> GlobalCounts:

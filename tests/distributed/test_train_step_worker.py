@@ -1,6 +1,7 @@
 """One rank of the train-step equivalence runs (launched by test_train_step.py; no tests here).
 
-Usage: RANK=r WORLD_SIZE=w MASTER_PORT=p python test_train_step_worker.py TP PP MBS OUT_PREFIX
+Usage: RANK=r WORLD_SIZE=w MASTER_PORT=p python test_train_step_worker.py TP PP MBS OUT_PREFIX INIT_DIR
+(INIT_DIR: initial weights; written by the first run if absent)
 Writes OUT_PREFIX.rank<r>.pt with, per aggregation mode: metrics of the update and the
 logprobs of a fixed probe batch under the updated weights (a layout-independent view of
 the new weights).
@@ -63,7 +64,7 @@ def dp_shard(batch, dp_rank, dp_size):
 def main():
     import torch
 
-    tp, pp, mbs, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    tp, pp, mbs, out, init_dir = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
     from megatron.core import parallel_state as mpu
 
     from gdpo_megatron.distributed.setup import destroy_distributed, init_distributed
@@ -74,6 +75,11 @@ def main():
     for mode in MODES:
         torch.manual_seed(SEED)
         policy = MegatronPolicy(recipe(tp, pp, mbs, mode))
+        # Random init differs between layouts; every run starts from the reference's weights,
+        # resharded by megatron's dist_checkpointing (which this also tests).
+        if not os.path.exists(init_dir):
+            policy.save_weights(init_dir)
+        policy.load_weights(init_dir)
         full = make_batch()
         probe = full.rows(0, ROWS)
         local = dp_shard(full, mpu.get_data_parallel_rank(), mpu.get_data_parallel_world_size())
@@ -86,12 +92,12 @@ def main():
         results[mode] = {"metrics": metrics, "before": before, "after": after,
                          "mask": probe.response_mask, "old": local.old_logprobs}
     if tp == 1 and pp == 1 and mpu.get_data_parallel_world_size() == 1:
-        results["nan"] = nan_skip_case(tp, pp, mbs)
+        results["nan"] = nan_skip_case(tp, pp, mbs, init_dir)
     torch.save(results, f"{out}.rank{os.environ['RANK']}.pt")
     destroy_distributed()
 
 
-def nan_skip_case(tp, pp, mbs):
+def nan_skip_case(tp, pp, mbs, init_dir):
     """A NaN advantage poisons the loss: the update must be skipped and the weights stay as they were."""
     import math
 
@@ -101,6 +107,7 @@ def nan_skip_case(tp, pp, mbs):
 
     torch.manual_seed(SEED)
     policy = MegatronPolicy(recipe(tp, pp, mbs, "token-mean"))
+    policy.load_weights(init_dir)
     batch = make_batch()
     batch.old_logprobs = policy.compute_logprobs(batch)
     batch.ref_logprobs = batch.old_logprobs.clone()
