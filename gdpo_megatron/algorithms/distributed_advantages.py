@@ -24,14 +24,22 @@ from gdpo_megatron.config.algorithm import AlgorithmConfig
 from .advantages import AdvantageResult, compute_advantages
 
 
+def _collective_device(group: Optional[dist.ProcessGroup]) -> torch.device:
+    """NCCL moves only CUDA tensors; gloo moves CPU tensors. The math itself always runs on the CPU."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def _all_gather_rows(local: Tensor, sizes: list[int], group: Optional[dist.ProcessGroup], pad: float) -> Tensor:
-    """Concatenate every rank's `local` [n_r, ...] in rank order (shards of different n_r)."""
+    """Concatenate every rank's `local` [n_r, ...] in rank order (shards of different n_r), on the CPU."""
+    device = _collective_device(group)
     longest = max(sizes)
-    padded = local.new_full((longest, *local.shape[1:]), pad)
-    padded[: local.shape[0]] = local
+    padded = torch.full((longest, *local.shape[1:]), pad, dtype=local.dtype, device=device)
+    padded[: local.shape[0]] = local.to(device)
     buffers = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(buffers, padded, group=group)
-    return torch.cat([buf[:n] for buf, n in zip(buffers, sizes)], dim=0)
+    return torch.cat([buf[:n] for buf, n in zip(buffers, sizes)], dim=0).cpu()
 
 
 def _pad_columns(mask: Tensor, width: int) -> Tensor:
@@ -46,7 +54,8 @@ def distributed_compute_advantages(local_rewards: Tensor, local_group_ids: Tenso
     """`compute_advantages` over the whole data-parallel batch; returns this rank's rows.
 
     The diagnostics (and gpg_alpha) describe the global batch and are identical on all ranks.
-    Tensors travel on the CPU (gloo); the caller moves results where it needs them.
+    Shards travel on the group's device (CPU for gloo, the current GPU for NCCL); the
+    computation and the returned tensors are on the CPU, the caller moves them on.
     """
     world = dist.get_world_size(group)
     rank = dist.get_rank(group)
@@ -54,10 +63,11 @@ def distributed_compute_advantages(local_rewards: Tensor, local_group_ids: Tenso
         raise ValueError(f"local_rewards must be [n, K], got shape {tuple(local_rewards.shape)}")
     has_mask = local_response_mask is not None
     width = int(local_response_mask.shape[1]) if has_mask else 0
-    shape = torch.tensor([local_rewards.shape[0], local_rewards.shape[1], width, int(has_mask)], dtype=torch.int64)
+    shape = torch.tensor([local_rewards.shape[0], local_rewards.shape[1], width, int(has_mask)], dtype=torch.int64,
+                         device=_collective_device(group))
     shapes = [torch.empty_like(shape) for _ in range(world)]
     dist.all_gather(shapes, shape, group=group)
-    shapes_list = [s.tolist() for s in shapes]
+    shapes_list = [s.cpu().tolist() for s in shapes]
     if len({s[1] for s in shapes_list}) != 1:
         raise ValueError(f"ranks disagree on the number of rewards K: {[s[1] for s in shapes_list]}")
     if len({s[3] for s in shapes_list}) != 1:
