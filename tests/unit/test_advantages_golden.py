@@ -209,3 +209,35 @@ def test_conditioned_reward_flows_into_gdpo():
     result = adv([[1, 1], [0, 1]], [0, 0], config)
     close(result.advantages, [S2, -S2])
     assert result.diagnostics["reward/length/gate_open_frac"] == 0.5
+
+
+# --------------------------------------------------------------------- missing values under verl / NeMo-RL
+
+def test_verl_all_missing_row_is_zero_and_left_out_of_token_whitening():
+    # the scores of test_verl_singleton_raw_... plus a rollout without rewards and 4 response tokens
+    config = algo(preset="verl")
+    g = 0.5 / (math.sqrt(0.5) + 1e-6)
+    scores = [-g, g, (0.5 + 2.0) / (1 + 1e-6)]
+    lengths = [3, 1, 2, 4]
+    mask = (torch.arange(4).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)).float()
+    tokens = [s for s, n in zip(scores, lengths[:3]) for _ in range(n)]
+    mu, var = statistics.mean(tokens), statistics.variance(tokens)
+    expected = [(s - mu) / math.sqrt(var + 1e-8) for s in scores] + [0.0]
+    result = adv([[0, 1], [1, 1], [0.5, 2.0], [NAN, NAN]], [0, 0, 5, 0], config, mask)
+    close(result.advantages, expected, tol=1e-5)
+    assert result.token_advantages[3].eq(0).all()
+
+
+def test_nemo_rl_missing_value_left_out_of_leave_one_out_stats():
+    # valid values of the group: row 0 = 1, rows 2, 3 = 0 (row 1 missing).
+    # row 0: others (0, 0) -> std 0 -> no division: 1 - 0 = 1
+    # rows 2, 3: others (1, 0) -> mean .5, std sqrt(.5) -> -0.5 / (sqrt(.5) + 1e-6)
+    m = -0.5 / (math.sqrt(0.5) + 1e-6)
+    config = algo(names=("a",), preset="nemo_rl", batch_norm="none")
+    close(adv([[1], [NAN], [0], [0]], [1, 1, 1, 1], config).advantages, [1.0, 0.0, m, m])
+    # with the preset's batch step: (x - mean) / unbiased std over the three rollouts with a reward
+    values = [1.0, m, m]
+    mean, std = statistics.fmean(values), statistics.stdev(values)
+    config = algo(names=("a",), preset="nemo_rl")
+    close(adv([[1], [NAN], [0], [0]], [1, 1, 1, 1], config).advantages,
+          [(1.0 - mean) / std, 0.0, (m - mean) / std, (m - mean) / std])
