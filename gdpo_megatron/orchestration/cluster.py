@@ -77,7 +77,12 @@ class RayCluster:
         self._saved_env: dict[str, str | None] = {}
 
     def __enter__(self) -> "RayCluster":
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            # __exit__ does not run when __enter__ fails: undo the symlink and env here.
+            self.shutdown()
+            raise
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -115,10 +120,10 @@ class RayCluster:
             self._set_env("RAY_AUTH_TOKEN", secrets.token_hex(32))
             _refresh_ray_auth_settings()
         cpus = self.num_cpus if self.num_cpus is not None else max(os.cpu_count() or 1, LOCAL_MIN_LOGICAL_CPUS)
+        self._owns_connection = True  # from here on, shutdown() must clean up even if init fails
         ray.init(num_cpus=cpus, num_gpus=self.num_gpus, include_dashboard=False,
                  _temp_dir=str(self.temp_dir), log_to_driver=self.log_to_driver)
         self.started_locally = True
-        self._owns_connection = True
 
     def shutdown(self) -> None:
         import ray

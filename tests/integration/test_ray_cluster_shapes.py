@@ -1,7 +1,8 @@
-"""Placement shapes from the recipe's cluster section (pure: no Ray started)."""
+"""Placement shapes from the recipe's cluster section (pure), and RayCluster clean-up on a failed start."""
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -52,3 +53,22 @@ def test_gpu_split_engines_take_their_own_gpus():
 def test_impossible_shapes_name_the_keys(cluster, generation, parallel, message):
     with pytest.raises(ClusterError, match=message):
         placement_shape(_recipe(cluster, generation, parallel))
+
+
+@pytest.mark.slow
+def test_failed_start_removes_symlink_and_restores_env(tmp_path, monkeypatch):
+    """ray.init failing (here: an invalid resource count) must not leave the /tmp link or the token."""
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        pytest.skip("a Ray connection is open in this process")
+    from gdpo_megatron.orchestration.cluster import RayCluster
+
+    for key in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    handle = RayCluster(tmp_path / ("long-directory-name-" * 3) / "ray", num_cpus=-1)
+    with pytest.raises(Exception):
+        with handle:
+            pass
+    assert handle.temp_dir is not None and not handle.temp_dir.is_symlink()
+    assert "RAY_AUTH_TOKEN" not in os.environ
+    assert not ray.is_initialized()
