@@ -289,6 +289,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- the loop
     def run(self) -> int:
+        import ray
         from transformers import AutoTokenizer
 
         from gdpo_megatron.checkpointing import CheckpointManager, config_hash
@@ -318,7 +319,7 @@ class Trainer:
             self._start_workers(model_path)
             self.step = step = self._resume()
             metrics_log = MetricsLogger(self.run_dir.root, total_steps=cfg.max_steps, logging_config=cfg.logging,
-                                        run_name=self.recipe.name, resume_step=step or None,
+                                        run_name=self.recipe.name, resume_from_step=step or None,
                                         config=to_dict(self.recipe))
             try:
                 self._refit()  # the engine serves exactly the policy's weights from the first step on
@@ -341,7 +342,9 @@ class Trainer:
                         return INTERRUPTED_EXIT_CODE
             finally:
                 metrics_log.close()
-        self.log(f"[done] {step} steps; metrics in {self.run_dir.metrics}")
+            ray.get([w.save_hf.remote(str(self.run_dir.root / "final_model")) for w in self.workers])
+        self.log(f"[done] {step} steps; metrics in {self.run_dir.metrics}; "
+                 f"final weights (HF format) in {self.run_dir.root / 'final_model'}")
         return 0
 
     def _step(self, step: int) -> dict[str, float]:

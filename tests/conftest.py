@@ -13,7 +13,7 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def repo_root():
     from pathlib import Path
 

@@ -78,6 +78,12 @@ class PolicyWorker:
             refs.append(ray.put(bucket))
         return refs
 
+    def save_hf(self, path: str) -> None:
+        """Collective: the current weights as an HF checkpoint (global rank 0 writes)."""
+        from gdpo_megatron.conversion.exporter import save_hf_checkpoint
+
+        save_hf_checkpoint(self.policy.model, self.recipe.policy, path)
+
     def save_checkpoint(self, path: str) -> None:
         self.policy.save_checkpoint(path)
 

@@ -1,0 +1,1 @@
+"""Ray-side pieces: the cluster, placement, worker actors and how their failures are reported."""
