@@ -4,8 +4,8 @@ Every rank writes its own shards collectively into `<dir>.partial`; once all ran
 done, rank 0 renames it to `<dir>` (atomic on one filesystem), so a crash mid-save never
 leaves a directory that looks complete. The trainer writes its run-level state next to it.
 
-The optimizer is saved in megatron's `fully_sharded_model_space` form: the files are
-keyed by model-space tensors, so a load into the same layout restores exactly (the CPU
+The optimizer is saved in megatron's `dp_reshardable` form (0.16.1 rejects the flattened
+ranges of `fully_sharded_model_space`): a load into the same TP/PP layout restores exactly (the CPU
 test checks bit-exact resume). dist_checkpointing's save starts worker processes
 (spawn): scripts that call it need an `if __name__ == "__main__":` guard.
 """
@@ -15,9 +15,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 
-_OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_sharded_model_space"}
+_OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
 _PARTIAL_SUFFIX = ".partial"
 
 
@@ -75,6 +76,16 @@ def save_policy_checkpoint(directory: str | Path, model_chunks, optimizer, sched
     return final
 
 
+def _ensure_optimizer_state(optimizer) -> None:
+    """A fresh optimizer has no Adam state to describe; megatron's own init creates zeros to load into."""
+    for sub in getattr(optimizer, "chained_optimizers", [optimizer]):
+        init = getattr(sub, "init_state_fn", None)
+        if init is not None and not sub.optimizer.state:
+            init(sub.optimizer, sub.config)
+            for param_state in sub.optimizer.state.values():  # torch Adam keeps its count as a tensor
+                param_state.setdefault("step", torch.tensor(0.0))
+
+
 def load_policy_checkpoint(directory: str | Path, model_chunks, optimizer, scheduler) -> dict:
     """Collective: restores weights, optimizer state and schedule in place; returns the saved `extra` dict."""
     from megatron.core import dist_checkpointing
@@ -83,11 +94,13 @@ def load_policy_checkpoint(directory: str | Path, model_chunks, optimizer, sched
     if not path.is_dir():
         hint = " (an unfinished save left a .partial directory)" if path.with_name(path.name + _PARTIAL_SUFFIX).exists() else ""
         raise FileNotFoundError(f"policy checkpoint {path} does not exist{hint}")
+    _ensure_optimizer_state(optimizer)
     state = _sharded_state(model_chunks, optimizer, scheduler, {}, is_loading=True)
     loaded = dist_checkpointing.load(state, str(path))
     for i, chunk in enumerate(model_chunks):
         _gpt(chunk).load_state_dict(loaded["model" if len(model_chunks) == 1 else f"model{i}"])
-    optimizer.load_state_dict(loaded["optimizer"])
+    with torch.no_grad():  # megatron copies into fp32 parameters (views of leaves) in place
+        optimizer.load_state_dict(loaded["optimizer"])
     scheduler.load_state_dict(loaded["scheduler"])
     return dict(loaded.get("policy_state", {}))
 
