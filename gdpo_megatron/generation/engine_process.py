@@ -27,7 +27,12 @@ from .vllm_engine import EngineOptions, VllmEngine
 def _serve(conn: Any, options: EngineOptions, threads: int) -> None:
     import torch
 
+    from .vllm_engine import _free_port
+
     torch.set_num_threads(threads)
+    # Each child is its own world of one; a torchrun-style environment inherited from the
+    # parent (or a sibling's port) would make the engines collide on one rendezvous port.
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
     try:
         engine = VllmEngine(options)
     except Exception:
