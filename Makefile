@@ -10,7 +10,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 RECIPE ?= recipes/tiny/synthetic-gdpo-1n2c.yaml
 ARGS ?=
 
-.PHONY: setup train test test-quick bench clean
+.PHONY: setup train compare test test-quick bench clean
 
 setup:
 	@bash scripts/setup_env.sh
@@ -18,6 +18,13 @@ setup:
 ## The main job: GDPO on the embedded tiny recipe (CPU, ~15 minutes).
 train: setup
 	$(VENV)/bin/gdpo train $(RECIPE) $(ARGS)
+
+## GDPO and GRPO on the same seeds, then the comparison plot and final-reward table.
+compare: setup
+	$(VENV)/bin/gdpo train recipes/tiny/synthetic-gdpo-1n2c.yaml $(ARGS)
+	$(VENV)/bin/gdpo train recipes/tiny/synthetic-grpo-1n2c.yaml $(ARGS)
+	$(VENV)/bin/gdpo plot runs/tiny-synthetic-gdpo runs/tiny-synthetic-grpo --out runs/compare.png \
+		--last 10 --table-out runs/compare.md
 
 ## The whole test suite (what CI runs).
 test: setup

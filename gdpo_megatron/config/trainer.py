@@ -66,7 +66,6 @@ class TrainerConfig(Section):
     rollouts_per_prompt: int = option(8, ge=1, doc="rollouts per prompt (group size G)")
     mini_batches_per_step: int = option(1, ge=1, doc="optimizer steps per training step")
     ppo_epochs: int = option(1, ge=1, doc="passes over the step's rollouts")
-    val_every_steps: int = option(0, ge=0, doc="deprecated alias of validation.every_steps (0: use validation)")
     validation: ValidationConfig = option(default_factory=ValidationConfig, doc="held-out validation")
     dynamic_sampling: DynamicSamplingConfig = option(default_factory=DynamicSamplingConfig, doc="zero-variance group filtering")
     overlong_filtering: bool = option(
@@ -81,16 +80,7 @@ class TrainerConfig(Section):
     logging: LoggingConfig = option(default_factory=LoggingConfig, doc="metric sinks and progress display")
 
     def validate(self) -> None:
-        if self.val_every_steps and self.validation.every_steps and self.val_every_steps != self.validation.every_steps:
-            raise ConfigError(
-                f"val_every_steps: {self.val_every_steps} contradicts validation.every_steps="
-                f"{self.validation.every_steps}; set only validation.every_steps")
         if self.mini_batches_per_step > self.prompts_per_step * self.rollouts_per_prompt:
             raise ConfigError(
                 f"mini_batches_per_step: {self.mini_batches_per_step} exceeds the rollouts per step "
                 f"({self.prompts_per_step} prompts x {self.rollouts_per_prompt} rollouts)")
-
-    @property
-    def validate_every_steps(self) -> int:
-        """The effective validation interval (the new key wins; the old one still works)."""
-        return self.validation.every_steps or self.val_every_steps

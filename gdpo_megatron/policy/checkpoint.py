@@ -1,13 +1,18 @@
-"""Policy checkpoints with megatron-core's distributed checkpointing (model + optimizer + scheduler + step).
+"""Policy checkpoints: the full training state for resume, and layout-independent weights.
 
-Every rank writes its own shards collectively into `<dir>.partial`; once all ranks are
-done, rank 0 renames it to `<dir>` (atomic on one filesystem), so a crash mid-save never
-leaves a directory that looks complete. The trainer writes its run-level state next to it.
+Resume checkpoints (`save_policy_checkpoint` / `load_policy_checkpoint`) hold, per rank,
+the local model shards, the inner Adam state of this rank's optimizer shard (moments and
+step count), its fp32 master parameters and the LR schedule, in `rank-XXXXX.pt` files.
+They reload only into the same TP/PP/DP layout, and they reload exactly (the CPU tests
+check bit-exact resume). megatron-core 0.16's distributed-checkpoint form of the
+distributed optimizer did not restore exactly on CPU, which is why this does not use it.
 
-The optimizer is saved in megatron's `dp_reshardable` form (0.16.1 rejects the flattened
-ranges of `fully_sharded_model_space`): a load into the same TP/PP layout restores exactly (the CPU
-test checks bit-exact resume). dist_checkpointing's save starts worker processes
-(spawn): scripts that call it need an `if __name__ == "__main__":` guard.
+Weights alone (`save_model_weights` / `load_model_weights`) use megatron-core's
+distributed checkpointing, which reshards into another TP/PP layout. It starts worker
+processes (spawn): scripts that call it need an `if __name__ == "__main__":` guard.
+
+Every save writes into `<dir>.partial` and rank 0 renames it to `<dir>` once all ranks
+are done, so a crash mid-save never leaves a directory that looks complete.
 """
 
 from __future__ import annotations
@@ -18,12 +23,20 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-_OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
 _PARTIAL_SUFFIX = ".partial"
+FORMAT_VERSION = 1
 
 
 def _is_rank0() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
 
 
 def _barrier() -> None:
@@ -44,22 +57,16 @@ def _model_sharded_state(model_chunks) -> dict:
     return {f"model{i}": _gpt(chunk).sharded_state_dict() for i, chunk in enumerate(model_chunks)}
 
 
-def _sharded_state(model_chunks, optimizer, scheduler, extra: dict, is_loading: bool) -> dict:
-    state = _model_sharded_state(model_chunks)
-    models = {}
-    for value in state.values():
-        models.update(value)
-    state["optimizer"] = optimizer.sharded_state_dict(models, is_loading=is_loading, metadata=_OPTIMIZER_METADATA)
-    state["scheduler"] = scheduler.state_dict()
-    state["policy_state"] = dict(extra)
-    return state
+def _inner_optimizers(optimizer) -> list:
+    """The torch optimizers that hold this rank's shard of the state (one per chained optimizer)."""
+    return [sub.optimizer for sub in getattr(optimizer, "chained_optimizers", [optimizer])]
 
 
-def save_policy_checkpoint(directory: str | Path, model_chunks, optimizer, scheduler, extra: dict | None = None) -> Path:
-    """Collective: every rank of the policy calls it with the same directory."""
-    from megatron.core import dist_checkpointing
+def _master_params(inner) -> list[torch.Tensor]:
+    return [p for group in inner.param_groups for p in group["params"]]
 
-    final = Path(directory)
+
+def _begin(final: Path) -> Path:
     partial = final.with_name(final.name + _PARTIAL_SUFFIX)
     if _is_rank0():
         if final.exists():
@@ -67,8 +74,10 @@ def save_policy_checkpoint(directory: str | Path, model_chunks, optimizer, sched
         shutil.rmtree(partial, ignore_errors=True)  # a leftover from a crashed save
         partial.mkdir(parents=True)
     _barrier()
-    state = _sharded_state(model_chunks, optimizer, scheduler, extra or {}, is_loading=False)
-    dist_checkpointing.save(state, str(partial))
+    return partial
+
+
+def _publish(partial: Path, final: Path) -> Path:
     _barrier()
     if _is_rank0():
         partial.rename(final)
@@ -76,33 +85,50 @@ def save_policy_checkpoint(directory: str | Path, model_chunks, optimizer, sched
     return final
 
 
-def _ensure_optimizer_state(optimizer) -> None:
-    """A fresh optimizer has no Adam state to describe; megatron's own init creates zeros to load into."""
-    for sub in getattr(optimizer, "chained_optimizers", [optimizer]):
-        init = getattr(sub, "init_state_fn", None)
-        if init is not None and not sub.optimizer.state:
-            init(sub.optimizer, sub.config)
-            for param_state in sub.optimizer.state.values():  # torch Adam keeps its count as a tensor
-                param_state.setdefault("step", torch.tensor(0.0))
+def save_policy_checkpoint(directory: str | Path, model_chunks, optimizer, scheduler, extra: dict | None = None) -> Path:
+    """Collective: every rank of the policy calls it with the same directory."""
+    final = Path(directory)
+    partial = _begin(final)
+    inner = _inner_optimizers(optimizer)
+    state = {
+        "format_version": FORMAT_VERSION,
+        "world_size": _world(),
+        "model": [_gpt(chunk).state_dict() for chunk in model_chunks],
+        "optimizer": [opt.state_dict() for opt in inner],
+        "master_params": [[p.detach().clone() for p in _master_params(opt)] for opt in inner],
+        "scheduler": scheduler.state_dict(),
+        "policy_state": dict(extra or {}),
+    }
+    torch.save(state, partial / f"rank-{_rank():05d}.pt")
+    return _publish(partial, final)
 
 
 def load_policy_checkpoint(directory: str | Path, model_chunks, optimizer, scheduler) -> dict:
     """Collective: restores weights, optimizer state and schedule in place; returns the saved `extra` dict."""
-    from megatron.core import dist_checkpointing
-
     path = Path(directory)
     if not path.is_dir():
         hint = " (an unfinished save left a .partial directory)" if path.with_name(path.name + _PARTIAL_SUFFIX).exists() else ""
         raise FileNotFoundError(f"policy checkpoint {path} does not exist{hint}")
-    _ensure_optimizer_state(optimizer)
-    state = _sharded_state(model_chunks, optimizer, scheduler, {}, is_loading=True)
-    loaded = dist_checkpointing.load(state, str(path))
-    for i, chunk in enumerate(model_chunks):
-        _gpt(chunk).load_state_dict(loaded["model" if len(model_chunks) == 1 else f"model{i}"])
-    with torch.no_grad():  # megatron copies into fp32 parameters (views of leaves) in place
-        optimizer.load_state_dict(loaded["optimizer"])
-    scheduler.load_state_dict(loaded["scheduler"])
-    return dict(loaded.get("policy_state", {}))
+    file = path / f"rank-{_rank():05d}.pt"
+    if not file.is_file():
+        raise FileNotFoundError(f"policy checkpoint {path} has no {file.name}: it was written by another layout "
+                                f"(files: {', '.join(sorted(p.name for p in path.glob('rank-*.pt')))})")
+    state = torch.load(file, map_location="cpu", weights_only=False)
+    if state["world_size"] != _world():
+        raise ValueError(f"policy checkpoint {path} was written by {state['world_size']} ranks, this run has "
+                         f"{_world()}: resume needs the same layout (convert weights with save_weights to change it)")
+    for chunk, weights in zip(model_chunks, state["model"]):
+        _gpt(chunk).load_state_dict(weights)
+    for inner, saved_state, masters in zip(_inner_optimizers(optimizer), state["optimizer"], state["master_params"]):
+        inner.load_state_dict(saved_state)
+        with torch.no_grad():  # fp32 master shards (views of the parameters for fp32 models)
+            for param, saved in zip(_master_params(inner), masters):
+                param.copy_(saved)
+    # megatron's scheduler *adds* the saved step count to its current one, and a fresh
+    # scheduler has already advanced once (see build_scheduler): start it from zero.
+    scheduler.num_steps = 0
+    scheduler.load_state_dict(state["scheduler"])
+    return dict(state.get("policy_state", {}))
 
 
 def save_model_weights(directory: str | Path, model_chunks) -> Path:
@@ -110,17 +136,9 @@ def save_model_weights(directory: str | Path, model_chunks) -> Path:
     from megatron.core import dist_checkpointing
 
     final = Path(directory)
-    partial = final.with_name(final.name + _PARTIAL_SUFFIX)
-    if _is_rank0():
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-    _barrier()
+    partial = _begin(final)
     dist_checkpointing.save(_model_sharded_state(model_chunks), str(partial))
-    _barrier()
-    if _is_rank0():
-        partial.rename(final)
-    _barrier()
-    return final
+    return _publish(partial, final)
 
 
 def load_model_weights(directory: str | Path, model_chunks) -> None:
