@@ -27,8 +27,6 @@ from gdpo_megatron.config.recipe import RecipeConfig, recipe_to_yaml
 from gdpo_megatron.config.schema import to_dict
 from gdpo_megatron.rollout_batch import informative_groups, shard_rollouts
 
-REFIT_BUCKET_BYTES = 64 * 2**20
-
 
 @dataclass
 class StepBatch:
@@ -239,7 +237,9 @@ class Trainer:
                                 torch.tensor(batch.group_ids, dtype=torch.long), batch.engine_logprobs, self.dp_size)
         from gdpo_megatron.orchestration.failures import get_all
 
-        calls = [(f"policy-rank{layout['rank']}", worker.train_on.remote(shards[layout["dp_rank"]]))
+        every = self.recipe.generation.mismatch_check.every_steps
+        check_mismatch = bool(every) and self.step % every == 0
+        calls = [(f"policy-rank{layout['rank']}", worker.train_on.remote(shards[layout["dp_rank"]], check_mismatch))
                  for worker, layout in zip(self.workers, self.layouts)]
         return mean_over_ranks(list(get_all(calls, self.step).values()))
 
@@ -247,7 +247,8 @@ class Trainer:
         import ray
 
         start = time.perf_counter()
-        exported = ray.get([w.export_weights.remote(REFIT_BUCKET_BYTES) for w in self.workers])
+        bucket_bytes = int(self.recipe.generation.refit.bucket_mb * 2**20)
+        exported = ray.get([w.export_weights.remote(bucket_bytes) for w in self.workers])
         refs = [ref for per_rank in exported for ref in per_rank]
         stats = ray.get(self.engine.update_weights.remote(refs))
         return {"refit/bytes": float(stats["bytes"]), "refit/buckets": float(stats["buckets"]),

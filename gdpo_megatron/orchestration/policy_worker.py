@@ -37,7 +37,7 @@ class PolicyWorker:
         return {"rank": self.rank, "dp_rank": mpu.get_data_parallel_rank(), "dp_size": mpu.get_data_parallel_world_size(),
                 "tp_rank": mpu.get_tensor_model_parallel_rank(), "pp_rank": mpu.get_pipeline_model_parallel_rank()}
 
-    def train_on(self, shard: RolloutShard) -> dict[str, float]:
+    def train_on(self, shard: RolloutShard, check_mismatch: bool = True) -> dict[str, float]:
         from megatron.core import parallel_state as mpu
 
         from gdpo_megatron.algorithms.distributed_advantages import distributed_compute_advantages
@@ -57,7 +57,7 @@ class PolicyWorker:
         trained = self.policy.train(batch, num_mini_batches=self.recipe.trainer.mini_batches_per_step,
                                     epochs=self.recipe.trainer.ppo_epochs, gpg_alpha=result.gpg_alpha)
         metrics.update({f"train/{name}": value for name, value in trained.items()})
-        if batch.old_logprobs is not None and shard.engine_logprobs:
+        if check_mismatch and shard.engine_logprobs:
             engine = batch.pad_response_values(shard.engine_logprobs)
             for key, value in generation_mismatch(engine, batch.old_logprobs, batch.response_mask).items():
                 metrics[f"mismatch/{key}"] = value
