@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from gdpo_megatron.partition import even_ranges
+
 
 @dataclass
 class RolloutShard:
@@ -25,19 +27,6 @@ class RolloutShard:
         return len(self.response_ids)
 
 
-def shard_bounds(total: int, num_shards: int) -> list[tuple[int, int]]:
-    """Contiguous [start, end) slices of near-equal size (the first ones get the remainder)."""
-    if num_shards < 1:
-        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
-    base, extra = divmod(total, num_shards)
-    bounds, start = [], 0
-    for i in range(num_shards):
-        end = start + base + (1 if i < extra else 0)
-        bounds.append((start, end))
-        start = end
-    return bounds
-
-
 def shard_rollouts(
     prompt_ids: list[list[int]],
     response_ids: list[list[int]],
@@ -49,7 +38,7 @@ def shard_rollouts(
     """Split a step's rollouts over data-parallel ranks, keeping the global order."""
     return [
         RolloutShard(prompt_ids[a:b], response_ids[a:b], rewards[a:b], group_ids[a:b], engine_logprobs[a:b])
-        for a, b in shard_bounds(len(response_ids), num_shards)
+        for a, b in even_ranges(len(response_ids), num_shards)
     ]
 
 

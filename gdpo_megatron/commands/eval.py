@@ -32,31 +32,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _read_responses(path: str, ids: set[str]) -> dict[str, tuple[list[str], list]]:
+    from gdpo_megatron.data.datasets import iter_jsonl
+
     found: dict[str, tuple[list[str], list]] = {}
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RecordError(f"{where}: not valid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict) or "id" not in obj:
-                raise RecordError(f"{where}: each line needs an 'id' and 'response' or 'responses'")
-            record_id = str(obj["id"])
-            if record_id not in ids:
-                raise RecordError(f"{where}: id {record_id!r} is not in the data file")
-            texts = obj.get("responses", [obj.get("response")] if "response" in obj else None)
-            if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-                raise RecordError(f"{where} (id {record_id!r}): 'response' must be a string, 'responses' a list of strings")
-            counts = obj.get("num_tokens")
-            counts = [None] * len(texts) if counts is None else ([counts] if isinstance(counts, int) else counts)
-            if len(counts) != len(texts):
-                raise RecordError(f"{where} (id {record_id!r}): num_tokens must match the responses")
-            samples, tokens = found.setdefault(record_id, ([], []))
-            samples.extend(texts)
-            tokens.extend(counts)
+    for where, obj in iter_jsonl(Path(path)):
+        if not isinstance(obj, dict) or "id" not in obj:
+            raise RecordError(f"{where}: each line needs an 'id' and 'response' or 'responses'")
+        record_id = str(obj["id"])
+        if record_id not in ids:
+            raise RecordError(f"{where}: id {record_id!r} is not in the data file")
+        texts = obj.get("responses", [obj.get("response")] if "response" in obj else None)
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise RecordError(f"{where} (id {record_id!r}): 'response' must be a string, 'responses' a list of strings")
+        counts = obj.get("num_tokens")
+        counts = [None] * len(texts) if counts is None else ([counts] if isinstance(counts, int) else counts)
+        if len(counts) != len(texts):
+            raise RecordError(f"{where} (id {record_id!r}): num_tokens must match the responses")
+        samples, tokens = found.setdefault(record_id, ([], []))
+        samples.extend(texts)
+        tokens.extend(counts)
     return found
 
 

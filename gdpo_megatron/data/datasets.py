@@ -35,7 +35,7 @@ class PromptDataset(Sequence):
         return iter(self.records)
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
+def iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
@@ -74,7 +74,7 @@ def read_records(path: str, task: str, fmt: str = "auto", hf_split: str = "train
         if not file.is_file():
             raise RecordError(f"{path}: no such data file")
         kind = fmt if fmt != "auto" else ("parquet" if file.suffix == ".parquet" else "jsonl")
-        rows = _read_parquet(file) if kind == "parquet" else _read_jsonl(file)
+        rows = _read_parquet(file) if kind == "parquet" else iter_jsonl(file)
         stem = file.stem
     records, seen = [], {}
     for number, (where, raw) in enumerate(rows, start=1):

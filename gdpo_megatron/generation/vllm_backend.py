@@ -16,6 +16,7 @@ from typing import Any, Iterable, Optional
 import torch
 
 from gdpo_megatron.config.errors import ConfigError
+from gdpo_megatron.partition import even_ranges
 
 from .backend import BACKENDS
 from .buckets import NamedTensor, flatten, iter_buckets
@@ -27,15 +28,6 @@ from .vllm_engine import EngineOptions, VllmEngine
 log = logging.getLogger(__name__)
 
 
-def split_evenly(count: int, parts: int) -> list[tuple[int, int]]:
-    """[start, end) slices of `count` items over `parts` workers, sizes differing by at most one."""
-    base, extra = divmod(count, parts)
-    slices, start = [], 0
-    for i in range(parts):
-        end = start + base + (1 if i < extra else 0)
-        slices.append((start, end))
-        start = end
-    return slices
 
 
 def engine_options(recipe, model_path: str) -> EngineOptions:
@@ -97,7 +89,7 @@ class VllmBackend:
         if self.local is not None:
             rollouts = self.local.generate(indexed, sampling)
         else:
-            slices = split_evenly(len(indexed), len(self.remote))
+            slices = even_ranges(len(indexed), len(self.remote))
             busy = []
             for engine, (start, end) in zip(self.remote, slices):
                 if end > start:

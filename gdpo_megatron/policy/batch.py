@@ -30,6 +30,8 @@ from typing import Iterator, Optional
 
 import torch
 
+from gdpo_megatron.partition import even_ranges
+
 
 @dataclass
 class PolicyBatch:
@@ -139,16 +141,10 @@ def build_policy_batch(prompt_ids: list[list[int]], response_ids: list[list[int]
 
 
 def split_even(total: int, parts: int) -> list[tuple[int, int]]:
-    """[start, end) bounds of `parts` contiguous chunks of near-equal size (first chunks get the remainder)."""
+    """Mini-batch bounds: like `even_ranges`, but every part must get at least one row."""
     if parts < 1 or parts > max(total, 1):
         raise ValueError(f"cannot split {total} rows into {parts} parts")
-    base, extra = divmod(total, parts)
-    bounds, start = [], 0
-    for i in range(parts):
-        end = start + base + (1 if i < extra else 0)
-        bounds.append((start, end))
-        start = end
-    return bounds
+    return even_ranges(total, parts)
 
 
 def mini_batches(batch: PolicyBatch, num_mini_batches: int) -> list[PolicyBatch]:

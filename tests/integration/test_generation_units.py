@@ -15,7 +15,7 @@ from gdpo_megatron.generation import (MismatchCheck, Rollout, SamplingSettings, 
                                       pad_logprobs, sampling_from_config)
 from gdpo_megatron.generation.buckets import iter_buckets
 from gdpo_megatron.generation.transports import pack_bucket, unpack_bucket
-from gdpo_megatron.generation.vllm_backend import split_evenly
+from gdpo_megatron.partition import even_ranges
 
 
 def test_mismatch_golden_values_and_masking():
@@ -65,8 +65,8 @@ def test_packed_bucket_round_trip_mixed_dtypes_shared_memory():
 
 
 def test_split_evenly_covers_in_order():
-    assert split_evenly(7, 3) == [(0, 3), (3, 5), (5, 7)]
-    assert split_evenly(1, 3) == [(0, 1), (1, 1), (1, 1)]
+    assert even_ranges(7, 3) == [(0, 3), (3, 5), (5, 7)]
+    assert even_ranges(1, 3) == [(0, 1), (1, 1), (1, 1)]
 
 
 def test_sampling_settings_from_config_and_seeds():
