@@ -171,6 +171,24 @@ class Trainer:
         self.layouts = ray.get([w.layout.remote() for w in self.workers])
         self.dp_size = self.layouts[0]["dp_size"]
 
+    # ---------------------------------------------------------------- validation
+    def _validate(self, step: int) -> dict[str, float]:
+        """One sample per held-out prompt with the training sampling settings, scored like `gdpo eval`."""
+        import ray
+
+        from gdpo_megatron.data import render_prompt
+        from gdpo_megatron.evaluation import evaluate_responses
+
+        records = self.val_records
+        prompts = [self.tokenizer(render_prompt(r, self.tokenizer), add_special_tokens=False)["input_ids"]
+                   for r in records]
+        seed = step_seed(self.recipe.seed + 1, step)  # held-out draws never reuse training seeds
+        rollouts = ray.get(self.engine.generate.remote(prompts, seed, 1))
+        result = evaluate_responses(self.recipe.data.task, records, [r.text for r in rollouts],
+                                    num_tokens=[len(r.token_ids) for r in rollouts])
+        return {f"val/{key}": float(value) for key, value in result.items()
+                if isinstance(value, (int, float)) and not isinstance(value, bool)}
+
     # ---------------------------------------------------------------- one step
     def _generate(self, records: list[dict], step: int, round_: int, group_offset: int) -> StepBatch:
         import ray
@@ -309,6 +327,10 @@ class Trainer:
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         dataset = load_prompt_dataset(self.recipe.data, "train", self.recipe.seed, tokenizer=self.tokenizer)
         self.sampler = PromptSampler(dataset, cfg.prompts_per_step, seed=self.recipe.seed, shuffle=self.recipe.data.shuffle)
+        validation = cfg.validation
+        if validation.every_steps or validation.at_start:
+            val_set = load_prompt_dataset(self.recipe.data, "val", self.recipe.seed, tokenizer=self.tokenizer)
+            self.val_records = list(val_set)[: validation.num_prompts]
         self.checkpoints = CheckpointManager(self.run_dir.checkpoints, keep_last=cfg.checkpoint.keep_last,
                                              fsync=cfg.checkpoint.fsync)
         self.config_hash = config_hash(to_dict(self.recipe))
@@ -325,8 +347,12 @@ class Trainer:
             try:
                 self._refit()  # the engine serves exactly the policy's weights from the first step on
                 while step < cfg.max_steps:
+                    before = self._validate(step) if validation.at_start and step == 0 else {}
                     metrics = self._step(step)
+                    metrics.update({key.replace("val/", "val_at_start/", 1): v for key, v in before.items()})
                     self.step = step = step + 1
+                    if validation.every_steps and step % validation.every_steps == 0:
+                        metrics.update(self._validate(step))
                     metrics_log.log(step, metrics)
                     if self._too_many_nan_skips(metrics):
                         self._save(step)

@@ -17,10 +17,11 @@ class GenerationWorker:
         self.recipe = build(RecipeConfig, recipe_data)
         self.backend = create_backend(self.recipe, model_path)
 
-    def generate(self, prompt_token_ids: list[list[int]], seed: int) -> list:
+    def generate(self, prompt_token_ids: list[list[int]], seed: int, n: int | None = None) -> list:
+        """`n` rollouts per prompt (default: trainer.rollouts_per_prompt) with the recipe's sampling."""
         from gdpo_megatron.generation import sampling_from_config
 
-        sampling = sampling_from_config(self.recipe.generation.sampling, n=self.recipe.trainer.rollouts_per_prompt,
+        sampling = sampling_from_config(self.recipe.generation.sampling, n=n or self.recipe.trainer.rollouts_per_prompt,
                                         seed=seed)
         return self.backend.generate(prompt_token_ids, sampling)
 

@@ -87,9 +87,15 @@ def check_run(run_dir: Path, steps: int, reward_names=("correct", "format", "len
 
 def test_dp1_trains_and_refits(repo_root, tmp_path, initial_model):
     run_dir = tmp_path / "dp1"
-    proc = run_train(repo_root, run_dir, initial_model, "trainer.max_steps=3")
+    proc = run_train(repo_root, run_dir, initial_model, "trainer.max_steps=3", "trainer.validation.every_steps=3",
+                     "trainer.validation.num_prompts=6")
     assert proc.returncode == 0, proc.stderr[-4000:]
-    check_run(run_dir, 3)
+    records = check_run(run_dir, 3)
+    assert "val/accuracy" not in records[1]
+    last = records[2]  # validated after step 3: held-out prompts, one sample each
+    assert last["val/num_prompts"] == 6 and last["val/num_samples"] == 6
+    for key in ("val/accuracy", "val/format_rate", "val/exceed"):
+        assert 0.0 <= last[key] <= 1.0 and (last[key] * 6).is_integer(), key
     assert "[done] 3 steps" in proc.stdout
     before, after = policy_weights(initial_model), policy_weights(run_dir / "final_model")
     assert before.keys() == after.keys()
