@@ -10,6 +10,10 @@ import torch
 class GenerationWorker:
     def __init__(self, recipe_data: dict, model_path: str) -> None:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+        # vLLM logs several INFO lines per refit and warns that RoPE buffers are not in the
+        # weight stream (they are computed, not loaded); both drown the progress line.
+        # Export VLLM_LOGGING_LEVEL=INFO to see everything.
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
         from gdpo_megatron.config.recipe import RecipeConfig
         from gdpo_megatron.config.schema import build
         from gdpo_megatron.generation import create_backend
