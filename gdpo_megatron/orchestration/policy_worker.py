@@ -64,11 +64,17 @@ class PolicyWorker:
         return metrics
 
     def export_weights(self, bucket_bytes: int) -> list:
-        """Put HF-named weight buckets into the object store; the exporting rank returns their refs."""
+        """Put HF-named weight buckets into the object store; global rank 0 returns their refs.
+
+        Every rank must drain the export stream (it gathers TP shards and PP stages with
+        collectives) and every rank sees every tensor, so only rank 0 publishes them.
+        """
         import ray
 
         refs, bucket, size = [], [], 0
         for name, tensor in self.policy.export_hf_weights():
+            if self.rank != 0:
+                continue
             bucket.append((name, tensor.detach().to("cpu").contiguous()))
             size += tensor.numel() * tensor.element_size()
             if size >= bucket_bytes:
