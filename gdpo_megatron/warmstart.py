@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -29,31 +29,22 @@ class Demonstration:
     response: str  # the target completion, ending where generation should stop
 
 
-def build_llama_config(model: ModelConfig, tokenizer):
-    from transformers import LlamaConfig
+def build_hf_config(model: ModelConfig, tokenizer):
+    """The HF config of a fresh model with `model`'s sizes and the tokenizer's vocabulary and special ids.
 
-    missing = [k for k in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads")
-               if getattr(model, k) is None]
-    if missing:
-        from gdpo_megatron.config import ConfigError
+    Uses the same ModelConfig -> config.json mapping as checkpoint export, so the warm-started
+    model is exactly what Megatron imports and vLLM loads.
+    """
+    from transformers import AutoConfig
 
-        raise ConfigError(f"policy.model: a warm start builds a fresh model and needs {', '.join(missing)}")
-    return LlamaConfig(
-        vocab_size=model.vocab_size or len(tokenizer),
-        hidden_size=model.hidden_size,
-        intermediate_size=model.ffn_hidden_size,
-        num_hidden_layers=model.num_layers,
-        num_attention_heads=model.num_attention_heads,
-        num_key_value_heads=model.num_query_groups or model.num_attention_heads,
-        max_position_embeddings=model.max_position_embeddings,
-        rope_theta=model.rope_theta,
-        rms_norm_eps=model.norm_epsilon,
-        tie_word_embeddings=model.tie_embeddings,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        torch_dtype="float32",
-    )
+    from gdpo_megatron.config.policy import PolicyConfig
+    from gdpo_megatron.conversion.exporter import hf_config_dict
+    from gdpo_megatron.policy.model import resolve_model_config
+
+    sized = replace(model, vocab_size=model.vocab_size or len(tokenizer), family=model.family or "llama")
+    config = hf_config_dict(resolve_model_config(PolicyConfig(model=sized)))
+    return AutoConfig.for_model(config.pop("model_type"), **config, bos_token_id=tokenizer.bos_token_id,
+                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
 
 
 def _encode(demos: Sequence[Demonstration], tokenizer) -> list[tuple[list[int], int]]:
@@ -88,15 +79,14 @@ def run_warmstart(
     log: Callable[[str], None] = print,
 ) -> Path:
     """Train and save the initial policy to `out_dir`; reuse it if a finished one is there."""
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
     out_dir = Path(out_dir)
     if (out_dir / COMPLETE_MARKER).is_file():
         log(f"[warmstart] reusing {out_dir}")
         return out_dir
     torch.manual_seed(seed)
-    config = build_llama_config(model_config, tokenizer)
-    model = LlamaForCausalLM(config)
+    model = AutoModelForCausalLM.from_config(build_hf_config(model_config, tokenizer))
     model.train()
     examples = _encode(demonstrations, tokenizer)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.0, betas=(0.9, 0.98))
