@@ -288,13 +288,12 @@ class Trainer:
         self.checkpoints.save(step, write)
         self.log(f"[checkpoint] step {step} saved in {time.perf_counter() - start:.1f}s")
 
-    def _resume(self) -> int:
-        """Load the latest complete checkpoint if `trainer.resume` asks for it; return the next step."""
+    def _resume(self, latest) -> int:
+        """Load `latest` (a complete checkpoint, or None for a fresh run); return the next step."""
         import ray
 
-        from gdpo_megatron.checkpointing import check_config_hash, read_run_state, resolve_resume, restore_rng_state
+        from gdpo_megatron.checkpointing import check_config_hash, read_run_state, restore_rng_state
 
-        latest = resolve_resume(self.checkpoints, self.recipe.trainer.resume)
         if latest is None:
             return 0
         state, rng = read_run_state(latest.path)
@@ -311,7 +310,7 @@ class Trainer:
         import ray
         from transformers import AutoTokenizer
 
-        from gdpo_megatron.checkpointing import CheckpointManager, config_hash
+        from gdpo_megatron.checkpointing import CheckpointManager, config_hash, resolve_resume
         from gdpo_megatron.data import PromptSampler, load_prompt_dataset
         from gdpo_megatron.metrics import MetricsLogger
         from gdpo_megatron.orchestration.cluster import RayCluster
@@ -319,6 +318,10 @@ class Trainer:
         from gdpo_megatron.signals import INTERRUPTED_EXIT_CODE, GracefulStop
 
         cfg = self.recipe.trainer
+        self.checkpoints = CheckpointManager(self.run_dir.checkpoints, keep_last=cfg.checkpoint.keep_last,
+                                             fsync=cfg.checkpoint.fsync)
+        self.config_hash = config_hash(to_dict(self.recipe))
+        latest = resolve_resume(self.checkpoints, cfg.resume)  # refuse a conflicting run dir before touching it
         self.run_dir.config.write_text(recipe_to_yaml(self.recipe))
         torch.manual_seed(self.recipe.seed)
         random.seed(self.recipe.seed)
@@ -331,16 +334,13 @@ class Trainer:
         if validation.every_steps or validation.at_start:
             val_set = load_prompt_dataset(self.recipe.data, "val", self.recipe.seed, tokenizer=self.tokenizer)
             self.val_records = list(val_set)[: validation.num_prompts]
-        self.checkpoints = CheckpointManager(self.run_dir.checkpoints, keep_last=cfg.checkpoint.keep_last,
-                                             fsync=cfg.checkpoint.fsync)
-        self.config_hash = config_hash(to_dict(self.recipe))
         self.nan_skips_in_a_row = 0
         self._pending_metrics: dict[str, float] = {}
         self.step = 0
         signals = (signal.SIGTERM, signal.SIGINT) if cfg.checkpoint.save_on_signal else ()
         with RayCluster(self.run_dir.ray), GracefulStop(signals) as stop, worker_failures(lambda: self.step):
             self._start_workers(model_path)
-            self.step = step = self._resume()
+            self.step = step = self._resume(latest)
             metrics_log = MetricsLogger(self.run_dir.root, total_steps=cfg.max_steps, logging_config=cfg.logging,
                                         run_name=self.recipe.name, resume_from_step=step or None,
                                         config=to_dict(self.recipe))

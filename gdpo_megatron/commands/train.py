@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from gdpo_megatron.config import load_recipe
@@ -22,10 +23,18 @@ def run_directory(recipe) -> Path:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from gdpo_megatron.checkpointing import CheckpointError
+    from gdpo_megatron.data import RecordError
+    from gdpo_megatron.orchestration.failures import WorkerFailure
     from gdpo_megatron.trainer import Trainer
 
     recipe = load_recipe(args.recipe, args.overrides)
     run_dir = run_directory(recipe)
     print(f"[train] {recipe.name}: {recipe.algorithm.estimator} with rewards "
           f"{', '.join(recipe.algorithm.reward_names)}; run directory {run_dir}", flush=True)
-    return Trainer(recipe, run_dir).run()
+    try:
+        return Trainer(recipe, run_dir).run()
+    except (CheckpointError, RecordError, WorkerFailure) as exc:
+        # Messages that already say what happened and what to do; a traceback adds nothing.
+        print(f"gdpo train: {exc}", file=sys.stderr)
+        return 1

@@ -183,3 +183,4 @@ def test_schema_keys_absent_from_the_recipe_can_be_overridden_without_plus(recip
     assert cfg.policy.precision.dtype == "bf16"
     with pytest.raises(ConfigError, match=r'no key `policy.precison` in the recipe or its schema \(did you mean "precision"\?\)'):
         load_recipe(recipes / "child.yaml", ["policy.precison.dtype=bf16"])
+
