@@ -105,10 +105,18 @@ def test_dp1_trains_and_refits(repo_root, tmp_path, initial_model):
 
 def test_dp2_two_policy_workers(repo_root, tmp_path, initial_model):
     run_dir = tmp_path / "dp2"
-    proc = run_train(repo_root, run_dir, initial_model, "trainer.max_steps=2", "cluster.cpu_workers=2")
+    proc = run_train(repo_root, run_dir, initial_model, "trainer.max_steps=2", "cluster.cpu_workers=2",
+                     "trainer.dynamic_sampling.enabled=true")
     assert proc.returncode == 0, proc.stderr[-4000:]
     records = check_run(run_dir, 2)
-    assert all(r["train/global_sequences"] == 8 * 4 for r in records)  # both ranks' rollouts counted once
+    for r in records:
+        # Dynamic sampling keeps whole informative groups, at most prompts_per_step of them, and both
+        # ranks' rollouts are counted exactly once in the global normalization.
+        assert r["dynamic_sampling/rounds"] >= 1
+        assert r["train/global_sequences"] == r["samples"] <= 8 * 4
+        assert r["samples"] % 4 == 0
+        assert r["groups/count"] == r["samples"] / 4
+        assert r["reward/correct/zero_var_group_frac"] < 1.0 or r["reward/format/zero_var_group_frac"] < 1.0
 
 
 def test_sigterm_checkpoints_and_resume_matches_uninterrupted_run(repo_root, tmp_path, initial_model):
