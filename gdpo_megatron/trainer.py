@@ -215,6 +215,8 @@ class Trainer:
 
     def _collect(self, step: int) -> StepBatch:
         """Generate and score one step's rollouts; with dynamic sampling, refill dropped groups."""
+        from gdpo_megatron.algorithms.advantages import apply_reward_conditions
+
         cfg = self.recipe.trainer
         wanted = cfg.prompts_per_step
         batch = self._generate(self.sampler.next_batch(), step, 0, 0)
@@ -223,7 +225,10 @@ class Trainer:
         kept, dropped, groups_seen = StepBatch(), 0, wanted
         round_ = 0
         while True:
-            informative = informative_groups(batch.rewards, torch.tensor(batch.group_ids))
+            # Judge groups on the rewards the advantage stage sees: a gated reward that varies
+            # only where its gate is closed carries no signal.
+            conditioned = apply_reward_conditions(batch.rewards, self.recipe.algorithm.rewards)
+            informative = informative_groups(conditioned, torch.tensor(batch.group_ids))
             unique = sorted(set(batch.group_ids))
             good = {g for g, ok in zip(unique, informative.tolist()) if ok}
             dropped += len(unique) - len(good)
