@@ -197,7 +197,9 @@ class Trainer:
 
         prompts = [self.tokenizer(render_prompt(r, self.tokenizer), add_special_tokens=False)["input_ids"]
                    for r in records]
+        start = time.perf_counter()
         rollouts = ray.get(self.engine.generate.remote(prompts, step_seed(self.recipe.seed, step, round_)))
+        self._add_time("time/generation", time.perf_counter() - start)
         batch = StepBatch()
         for rollout in rollouts:
             batch.records.append(records[rollout.prompt_index])
@@ -207,11 +209,16 @@ class Trainer:
             batch.engine_logprobs.append(list(rollout.logprobs))
             batch.finish_reasons.append(rollout.finish_reason)
             batch.group_ids.append(group_offset + rollout.prompt_index)
+        start = time.perf_counter()
         values, metrics = ray.get(self.rewarder.score.remote(
             batch.records, batch.texts, [len(r) for r in batch.response_ids]))
+        self._add_time("time/rewards", time.perf_counter() - start)
         batch.rewards = values
         self._pending_metrics.update(metrics)
         return batch
+
+    def _add_time(self, key: str, seconds: float) -> None:
+        self._pending_metrics[key] = self._pending_metrics.get(key, 0.0) + seconds
 
     def _collect(self, step: int) -> StepBatch:
         """Generate and score one step's rollouts; with dynamic sampling, refill dropped groups."""
@@ -351,7 +358,7 @@ class Trainer:
                                         config=to_dict(self.recipe))
             try:
                 self._refit()  # the engine serves exactly the policy's weights from the first step on
-                while step < cfg.max_steps:
+                while step < cfg.max_steps and not self._epochs_done():
                     before = self._validate(step) if validation.at_start and step == 0 else {}
                     metrics = self._step(step)
                     metrics.update({key.replace("val/", "val_at_start/", 1): v for key, v in before.items()})
@@ -366,9 +373,10 @@ class Trainer:
                                  f"saved step {step}; inspect {self.run_dir.metrics}")
                         return 3
                     every = cfg.checkpoint.every_steps
-                    if (every and step % every == 0) or step == cfg.max_steps or stop.requested:
+                    finished = step == cfg.max_steps or self._epochs_done()
+                    if (every and step % every == 0) or finished or stop.requested:
                         self._save(step)
-                    if stop.requested and step < cfg.max_steps:
+                    if stop.requested and not finished:
                         self.log(f"[stop] {stop.signal_name}: checkpointed step {step}; "
                                  f"rerun the same command to resume")
                         return INTERRUPTED_EXIT_CODE
@@ -380,11 +388,13 @@ class Trainer:
         return 0
 
     def _step(self, step: int) -> dict[str, float]:
+        from gdpo_megatron.metrics import rss_gb
+
         timings: dict[str, float] = {}
         start = time.perf_counter()
         self._pending_metrics = {}
         batch = self._collect(step)
-        timings["time/rollout"] = time.perf_counter() - start
+        timings["time/rollout"] = time.perf_counter() - start  # generation + rewards (+ resampling)
         metrics = reward_metrics(batch.rewards, self.recipe.algorithm.rewards)
         metrics.update(response_length_metrics(batch, self.recipe.generation.sampling.max_new_tokens))
         metrics.update(self._pending_metrics)
@@ -396,8 +406,15 @@ class Trainer:
         tokens = sum(len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids))
         metrics["throughput/tokens_per_s"] = tokens / timings["time/step"]
         metrics["samples"] = float(len(batch.response_ids))
+        metrics["memory/driver_rss_gb"] = rss_gb()
+        metrics["data/epoch"] = float(self.sampler.epoch)
         metrics.update(timings)
         return metrics
+
+    def _epochs_done(self) -> bool:
+        """`trainer.max_epochs` full passes over the training prompts have been sampled."""
+        max_epochs = self.recipe.trainer.max_epochs
+        return bool(max_epochs) and self.sampler.epoch >= max_epochs
 
     def _too_many_nan_skips(self, metrics: dict[str, float]) -> bool:
         if metrics.get("train/skipped", 0.0) > 0:

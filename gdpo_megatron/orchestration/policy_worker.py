@@ -8,6 +8,7 @@ a DP rank gets the same shard) and the advantage stage runs here, over the DP gr
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import torch
@@ -44,19 +45,30 @@ class PolicyWorker:
         from gdpo_megatron.generation.mismatch import generation_mismatch
         from gdpo_megatron.policy.batch import build_policy_batch
 
+        from gdpo_megatron.metrics import rss_gb
+
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
         batch = build_policy_batch(shard.prompt_ids, shard.response_ids)
         result = distributed_compute_advantages(
             shard.rewards, shard.group_ids, self.recipe.algorithm,
             group=mpu.get_data_parallel_group(), local_response_mask=batch.response_mask_for_advantages(),
         )
         batch.set_advantages(result.advantages, result.token_advantages)
+        timings["time/advantage"] = time.perf_counter() - start
+        start = time.perf_counter()
         batch.old_logprobs = self.policy.compute_logprobs(batch)
         if self.policy.uses_reference:
             batch.ref_logprobs = self.policy.compute_reference_logprobs(batch)
+        timings["time/logprobs"] = time.perf_counter() - start
+        start = time.perf_counter()
         metrics: dict[str, Any] = dict(result.diagnostics)
         trained = self.policy.train(batch, num_mini_batches=self.recipe.trainer.mini_batches_per_step,
                                     epochs=self.recipe.trainer.ppo_epochs, gpg_alpha=result.gpg_alpha)
+        timings["time/policy_update"] = time.perf_counter() - start
         metrics.update({f"train/{name}": value for name, value in trained.items()})
+        metrics.update(timings)
+        metrics["memory/policy_rss_gb"] = rss_gb()
         if check_mismatch and shard.engine_logprobs:
             engine = batch.pad_response_values(shard.engine_logprobs)
             for key, value in generation_mismatch(engine, batch.old_logprobs, batch.response_mask).items():
