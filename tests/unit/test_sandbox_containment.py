@@ -57,7 +57,7 @@ def test_memory_bomb():
 
 def test_writing_outside_the_working_dir(tmp_path):
     target = tmp_path / "escape.txt"
-    home_target = Path("/root/gdpo-sandbox-escape.txt")
+    home_target = Path.home() / "gdpo-sandbox-escape.txt"  # the home of whoever runs the tests
     code = (f"import os\nfor p in [{str(target)!r}, {str(home_target)!r}, '/etc/gdpo-escape']:\n"
             "    try:\n        open(p, 'w').write('x')\n        print('WROTE', p)\n"
             "    except OSError as e:\n        print('denied', p, e.errno)\n"
