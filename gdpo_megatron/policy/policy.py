@@ -72,9 +72,6 @@ class MegatronPolicy:
         from gdpo_megatron.conversion import load_hf_weights
 
         load_hf_weights(chunks, self.recipe.policy.model.hf_path, self.recipe.policy)
-        if chunks is self.model:
-            # DDP keeps fp32 main-grad buffers only; a bf16 optimizer re-reads params at build time.
-            pass
 
     @staticmethod
     def _copy_weights(source, target) -> None:
