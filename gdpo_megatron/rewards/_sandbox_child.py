@@ -1,70 +1,90 @@
-"""First code to run inside a sandbox (stdlib only; started as `python -I -S` by sandbox.py).
+"""The trusted launcher of one sandbox run (stdlib only; started as `python -I -S` by sandbox.py).
 
-Runs as root only within its own namespaces (or as the real root in rlimits mode), so it
-does the privileged set-up first and drops to the sandbox uid before any untrusted line:
-private tmpfs mounts -> write the program -> drop uid/gid -> resource limits -> socket
-audit hook -> run the program as __main__ in the same interpreter.
+Three processes, each with one job:
+
+- guard (started by sandbox.py, host namespaces, root): dies with its caller through
+  PR_SET_PDEATHSIG (SIGTERM), and on SIGTERM kills the run; creates the run's memory cgroup,
+  enters fresh mount, network, IPC and UTS namespaces, forks init into a fresh pid namespace,
+  waits for it, then removes the cgroup and the staging dir. It holds the uid lease fd, so
+  the lease outlives every process of the run: the kernel reaps a pid namespace's init only
+  after every other process in that namespace is gone.
+- init (pid 1 of the run): dies with the guard (PR_SET_PDEATHSIG, SIGKILL), builds the
+  program's root filesystem (read-only interpreter, stdlib and the shared libraries they
+  load; a size-capped tmpfs /work; /dev/null & co; a fresh /proc), pivots into it, forks the
+  program and reports its wait status. When init exits, the kernel kills what is left.
+- program: drops to the leased uid, sets rlimits, closes every fd but 0-2, reports
+  "started" (time limits count from here, not from interpreter start-up), runs the code.
+
+Status lines (JSON) go to a pipe the program never holds: started, exit, done, setup_error.
 """
 
 import ctypes
 import json
 import os
+import platform
 import resource
 import runpy
+import shutil
+import signal
 import sys
 
 SETUP_FAILED = 121
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC = 1, 2, 4, 32, 4096, 16384
-PYTHON_VIEW = "/tmp/.python"  # where an unreadable interpreter prefix is bind-mounted
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 32, 4096, 16384, 1 << 18
+MNT_DETACH = 2
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x4000000, 0x8000000, 0x20000000, 0x40000000
+PR_SET_PDEATHSIG = 1
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "ppc64le": 203}
+DEVICES = ("null", "zero", "full", "random", "urandom")
+
+libc = ctypes.CDLL(None, use_errno=True)
+status_fd = -1
+
+
+def report(event, **fields):
+    os.write(status_fd, (json.dumps({"event": event, **fields}) + "\n").encode())
 
 
 def fail(message):
-    sys.stderr.write(f"gdpo-sandbox-setup-error: {message}\n")
-    sys.stderr.flush()
+    try:
+        report("setup_error", message=message)
+    except OSError:
+        pass
     os._exit(SETUP_FAILED)
 
 
-def mount(source, target, fstype, flags, options):
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.mount(source.encode(), target.encode(), fstype.encode(), flags, options.encode()) != 0:
-        fail(f"mount {source} on {target}: {os.strerror(ctypes.get_errno())}")
+def check(result, what):
+    if result != 0:
+        fail(f"{what}: {os.strerror(ctypes.get_errno())}")
 
 
-def first_private_dir(path):
-    """The outermost directory on the way to `path` that an unrelated uid cannot enter, or None."""
-    path = os.path.realpath(path)
-    parts = path.strip("/").split("/")
-    for i in range(1, len(parts) + 1):
-        current = "/" + "/".join(parts[:i])
-        if not os.stat(current).st_mode & 0o001:
-            return current
-    return None
+def mount(source, target, fstype, flags, options=""):
+    check(libc.mount(source.encode() if source else None, target.encode(), fstype.encode() if fstype else None,
+                     flags, options.encode() if options else None), f"mount {source} on {target}")
 
 
-def expose_interpreter():
-    """An interpreter installed under a private home (pyenv in /root, mode 0700) is unreadable after
-    the uid drop. Hide that home behind an empty tmpfs and bind the interpreter prefix back, read-only,
-    at its own path, so sys.path and already-imported packages stay valid and nothing else shows."""
-    prefix = os.path.realpath(sys.base_prefix)
-    private = first_private_dir(os.path.dirname(os.__file__))
-    if private is None:
-        return
-    os.mkdir(PYTHON_VIEW)
-    mount(prefix, PYTHON_VIEW, "", MS_BIND | MS_REC, "")
-    mount("tmpfs", private, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
-    os.makedirs(prefix, mode=0o755, exist_ok=True)
-    mount(PYTHON_VIEW, prefix, "", MS_BIND | MS_REC, "")
-    mount("none", prefix, "", MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "")
+def set_parent_death_signal(signum, parent):
+    check(libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        fail("the caller is gone")
 
 
-def block_sockets(event, args):
-    # Fallback where no network namespace exists; harmless (redundant) inside one.
-    if event in ("socket.__new__", "socket.getaddrinfo", "socket.connect"):
-        raise PermissionError("network access is disabled in the sandbox")
-
+# ---- guard -------------------------------------------------------------------------------
 
 def main():
-    staging = sys.argv[1]
+    global status_fd
+    staging, caller, status_fd = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    init_pidfd = None
+
+    def stop(signum, frame):
+        if init_pidfd is None:
+            os._exit(SETUP_FAILED)
+        try:
+            signal.pidfd_send_signal(init_pidfd, signal.SIGKILL)  # a pidfd cannot hit a reused pid
+        except ProcessLookupError:
+            pass
+
+    signal.signal(signal.SIGTERM, stop)
+    set_parent_death_signal(signal.SIGTERM, caller)
     try:
         with open(os.path.join(staging, "spec.json")) as f:
             spec = json.load(f)
@@ -72,42 +92,198 @@ def main():
             program = f.read()
     except OSError as exc:
         fail(f"cannot read the staged program: {exc}")
-
-    if spec["private_tmp"]:
-        for target in ("/tmp", "/var/tmp", "/dev/shm"):
-            if os.path.isdir(target):
-                mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, f"size={spec['tmpfs_mb']}m,mode=1777")
-        if spec["uid"] is not None:
-            expose_interpreter()
-        workdir = "/tmp/work"
-        os.mkdir(workdir)
-        with open(os.path.join(workdir, "prog.py"), "wb") as f:
-            f.write(program)
-    else:
-        workdir = staging
-
-    # The program runs in a forked child; this process stays behind (root in the namespaces,
-    # pid 1 there) and reports how the child ended on a pipe that the program never sees:
-    # exit statuses through `unshare` lose signals, and pid 1 would shrug off SIGXCPU.
-    status_fd = int(sys.argv[2])
+    cgroup = spec["cgroup"]
+    if cgroup:
+        make_cgroup(cgroup, spec["memory_bytes"])
+    namespaces = spec["mode"] == "namespaces"
+    if namespaces:
+        check(libc.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWPID), "unshare")
+    guard = os.getpid()
     pid = os.fork()
     if pid == 0:
-        os.close(status_fd)
-        run_program(spec, workdir)
-        return
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        set_parent_death_signal(signal.SIGKILL, 0 if namespaces else guard)  # a parent outside the pid ns reads as 0
+        init(spec, staging, program, cgroup)
+    init_pidfd = os.pidfd_open(pid)
+    while True:
+        try:
+            _, init_status = os.waitpid(pid, 0)
+            break
+        except ChildProcessError:
+            init_status = None
+            break
+    if not namespaces and spec["uid"] is not None:
+        kill_uid(spec["uid"])  # no pid namespace: sweep every process of the run's uid
+    memory_exceeded = remove_cgroup(cgroup) if cgroup else False
+    shutil.rmtree(staging, ignore_errors=True)
+    report("done", memory_exceeded=memory_exceeded, init_status=init_status)
+    os._exit(0)
+
+
+def make_cgroup(spec, memory_bytes):
+    try:
+        os.mkdir(spec["path"])
+        if spec["version"] == 2:
+            limits = {"memory.max": memory_bytes, "memory.swap.max": 0}
+        else:
+            limits = {"memory.limit_in_bytes": memory_bytes, "memory.memsw.limit_in_bytes": memory_bytes}
+        for name, value in limits.items():
+            path = os.path.join(spec["path"], name)
+            if os.path.exists(path):
+                with open(path, "w") as f:
+                    f.write(str(value))
+    except OSError as exc:
+        fail(f"cannot create the memory cgroup {spec['path']}: {exc}")
+
+
+def remove_cgroup(spec):
+    exceeded = False
+    try:
+        if spec["version"] == 2:
+            with open(os.path.join(spec["path"], "memory.events")) as f:
+                events = dict(line.split() for line in f)
+            exceeded = int(events.get("max", 0)) > 0 or int(events.get("oom_kill", 0)) > 0
+        else:
+            with open(os.path.join(spec["path"], "memory.failcnt")) as f:
+                exceeded = int(f.read()) > 0
+    except (OSError, ValueError):
+        pass
+    for _ in range(100):
+        try:
+            os.rmdir(spec["path"])
+            break
+        except FileNotFoundError:
+            break
+        except OSError:
+            os.sched_yield()  # tasks that were just killed may still be leaving
+    return exceeded
+
+
+def kill_uid(uid):
+    pid = os.fork()
+    if pid == 0:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+        try:
+            os.kill(-1, signal.SIGKILL)  # every process of this uid except the caller
+        except OSError:
+            pass
+        os._exit(0)
+    os.waitpid(pid, 0)
+
+
+# ---- init --------------------------------------------------------------------------------
+
+def init(spec, staging, program, cgroup):
+    try:
+        prepare(spec, staging, program, cgroup)
+    except Exception as exc:  # noqa: BLE001 - any set-up failure is reported, never a traceback
+        fail(f"{type(exc).__name__}: {exc}")
+    pid = os.fork()
+    if pid == 0:
+        run_program(spec, "/work" if spec["mode"] == "namespaces" else os.path.join(staging, "work"))
+        sys.exit(0)  # an ordinary interpreter exit: the program's atexit handlers and buffers run
     _, status = os.waitpid(pid, 0)
-    os.write(status_fd, json.dumps({"wait_status": status}).encode())
-    os.close(status_fd)
-    code = os.waitstatus_to_exitcode(status)
-    os._exit(code if code >= 0 else 128 - code)
+    report("exit", wait_status=status)
+    os._exit(0)
+
+
+def prepare(spec, staging, program, cgroup):
+    if cgroup:
+        with open(os.path.join(cgroup["path"], "cgroup.procs"), "w") as f:
+            f.write("0")
+    if spec["mode"] == "namespaces":
+        build_root(spec, staging)
+        workdir = "/work"
+    else:
+        workdir = os.path.join(staging, "work")
+        os.mkdir(workdir)
+    with open(os.path.join(workdir, "prog.py"), "wb") as f:
+        f.write(program)
+    uid = spec["uid"]
+    if uid is not None:
+        os.chown(workdir, uid, uid)
+        os.chown(os.path.join(workdir, "prog.py"), uid, uid)
+
+
+def read_only_sources():
+    """What the program may see: the interpreter, its stdlib, and the directories of the shared
+    libraries this interpreter has loaded (libc and the libraries of extension modules)."""
+    prefix = os.path.realpath(sys.base_prefix)
+    stdlib = os.path.dirname(os.path.realpath(os.__file__))
+    files = {os.path.realpath(sys.executable)}
+    dirs = {stdlib}
+    with open("/proc/self/maps") as f:
+        for line in f:
+            path = line.split()[-1] if len(line.split()) >= 6 else ""
+            if path.startswith("/") and ".so" in path and os.path.exists(path):
+                if path.startswith(prefix + "/"):
+                    files.add(path)
+                else:
+                    dirs.add(os.path.dirname(path))
+    files = {path for path in files if not any(path.startswith(d + "/") for d in dirs)}
+    site_packages = [os.path.join(stdlib, "site-packages"), os.path.join(stdlib, "dist-packages")]
+    return sorted(files), sorted(d for d in dirs if d != "/"), [p for p in site_packages if os.path.isdir(p)]
+
+
+def bind_read_only(source, target, is_dir):
+    if is_dir:
+        os.makedirs(target, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        open(target, "a").close()
+    mount(source, target, None, MS_BIND | MS_REC)
+    mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def build_root(spec, staging):
+    """A tmpfs root holding only what `read_only_sources` names, then pivot_root into it."""
+    files, dirs, hidden = read_only_sources()
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    root = staging
+    mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+    for name in ("lib", "lib64", "bin"):  # merged-/usr hosts: keep the loader's paths valid
+        if os.path.islink("/" + name):
+            os.symlink(os.readlink("/" + name), root + "/" + name)
+    for path in dirs:
+        bind_read_only(path, root + path, True)
+    for path in files:
+        bind_read_only(path, root + path, False)
+    for path in hidden:  # the interpreter's installed packages (and the project) stay out of view
+        mount("tmpfs", root + path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k,mode=0555")
+    os.makedirs(root + "/dev", exist_ok=True)
+    for name in DEVICES:
+        if os.path.exists("/dev/" + name):
+            open(root + "/dev/" + name, "a").close()
+            mount("/dev/" + name, root + "/dev/" + name, None, MS_BIND)
+            mount(None, root + "/dev/" + name, None, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NOEXEC)
+    for name in ("proc", "work"):
+        os.mkdir(root + "/" + name)
+    os.symlink("/work", root + "/tmp")
+    mount("tmpfs", root + "/work", "tmpfs", MS_NOSUID | MS_NODEV, f"size={spec['tmpfs_mb']}m,mode=0755")
+    os.chdir(root)
+    number = SYS_PIVOT_ROOT.get(platform.machine())
+    if number is None:
+        fail(f"pivot_root: unknown syscall number on {platform.machine()}")
+    check(libc.syscall(number, b".", b"."), "pivot_root")
+    check(libc.umount2(b".", MNT_DETACH), "detach the host root")
+    os.chdir("/")
+    mount(None, "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+# ---- program -----------------------------------------------------------------------------
+
+def block_sockets(event, args):
+    # Only for rlimits mode (no network namespace); raw syscalls bypass it.
+    if event in ("socket.__new__", "socket.getaddrinfo", "socket.connect"):
+        raise PermissionError("network access is disabled in the sandbox")
 
 
 def run_program(spec, workdir):
     uid = spec["uid"]
     if uid is not None:
-        for root, dirs, files in os.walk(workdir):
-            for name in [root] + [os.path.join(root, n) for n in dirs + files]:
-                os.chown(name, uid, uid)
         try:
             os.setgroups([])
             os.setgid(uid)
@@ -116,19 +292,23 @@ def run_program(spec, workdir):
             fail(f"cannot drop privileges to uid {uid}: {exc}")
         if os.getuid() == 0 or os.geteuid() == 0:
             fail("still root after dropping privileges")
-
+    inherited = [int(fd) for fd in os.listdir("/proc/self/fd")]
     try:
         for name, value in spec["rlimits"].items():
             resource.setrlimit(getattr(resource, name), tuple(value))
     except (ValueError, OSError) as exc:
         fail(f"setrlimit: {exc}")
-
-    if spec["block_sockets"]:
+    if spec["mode"] != "namespaces":
         sys.addaudithook(block_sockets)
-
     os.chdir(workdir)
     sys.argv = ["prog.py"]
     sys.path.insert(0, workdir)
+    report("started")
+    os.closerange(3, max(inherited) + 1)  # the status pipe and the uid lease
     runpy.run_path("prog.py", run_name="__main__")
+    sys.stdout.flush()
+    sys.stderr.flush()
 
-main()
+
+if __name__ == "__main__":
+    main()

@@ -1,19 +1,21 @@
-"""Run untrusted Python in a contained child process; see docs/sandbox.md.
+"""Run untrusted Python in a contained set of processes; see docs/sandbox.md.
 
-Isolation, strongest available first (detected once per process, `SandboxLimits.isolation`):
+`run_sandboxed(code, stdin, limits)` runs a program to its end; `Sandbox(code, limits)` is the
+same run held open for a line-based conversation over stdin/stdout (function-style tests).
 
-- "namespaces" (host root): `unshare --net --pid --mount --mount-proc --fork`, then the
-  child drops to a uid leased for this run alone. No network (empty network namespace),
-  private tmpfs /tmp, /var/tmp, /dev/shm (the working dir lives there and disappears with
-  the namespace), every process of the run dies with the pid namespace, and RLIMIT_NPROC
-  holds because the uid is not root and no other process uses it.
-- "userns" (unprivileged host user): the same namespaces inside a new user namespace;
-  RLIMIT_NPROC is counted per user namespace, so it holds without a uid change.
-- "rlimits" (no `unshare`): resource limits, a socket-blocking audit hook, a uid drop when
-  root, and a kill sweep of that uid afterwards. Weaker: documented in docs/sandbox.md.
+Isolation modes (`SandboxLimits.isolation`), never downgraded silently:
 
-Every mode: wall-clock timeout, CPU-time, address-space, process-count, file-size and
-open-file limits, a minimal environment, capped stdout/stderr, a fresh working dir.
+- "namespaces" (the default; needs root or CAP_SYS_ADMIN): fresh pid, mount, network, IPC and
+  UTS namespaces; a read-only root holding only the interpreter, its stdlib and the shared
+  libraries they load, plus a size-capped writable /work; a uid leased for this run alone;
+  a memory cgroup for the whole run where the host delegates one.
+- "rlimits" (opt in by name): resource limits, a uid drop when root, a Python-level socket
+  block and a kill sweep of the uid afterwards. The host filesystem and network stay
+  reachable to raw system calls: only for hosts where nothing better runs.
+
+Lifetime: the trusted launcher (_sandbox_child.py) dies with the thread that started it
+(PR_SET_PDEATHSIG) and then kills the whole run; the uid lease is held by the launcher too,
+so it is free again only once every process of the run is gone.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import json
+import logging
 import math
 import os
 import random
@@ -30,51 +33,57 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
-Isolation = Literal["auto", "namespaces", "userns", "rlimits"]
+log = logging.getLogger(__name__)
+
+Isolation = Literal["namespaces", "rlimits"]
+ISOLATION_MODES = ("namespaces", "rlimits")
 
 _CHILD = str(Path(__file__).with_name("_sandbox_child.py"))
-_SETUP_FAILED = 121
+_PYTHON = os.path.realpath(sys.executable)  # the base interpreter: a venv's packages never enter the sandbox
 _UID_BASE = 2_000_000_000  # far above any real account; uids need not exist in /etc/passwd
 _UID_SLOTS = 1 << 16
 _UID_LOCK_DIR = Path(tempfile.gettempdir()) / "gdpo-sandbox-uids"
-_MINIMAL_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/tmp",
+_MINIMAL_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/work", "TMPDIR": "/work",
                 "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8"}
+_GUARD_EXIT_S = 5.0
+_quarantined_leases: list = []  # leases whose run could not be confirmed dead: never reused
 
 
 class SandboxError(RuntimeError):
-    """The sandbox itself could not be set up (not a failure of the program)."""
+    """The sandbox itself could not be set up or did not start (not a failure of the program)."""
 
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    wall_time_s: float = 10.0  # whole run, including interpreter start (~50 ms)
-    cpu_time_s: float = 10.0  # RLIMIT_CPU, whole seconds (rounded up); SIGXCPU then SIGKILL
-    memory_mb: int = 1024  # RLIMIT_AS (virtual address space) of each process
-    max_processes: int = 16  # RLIMIT_NPROC (threads count too)
+    wall_time_s: float = 10.0  # from the program's first line (interpreter start-up excluded)
+    cpu_time_s: float = 10.0  # RLIMIT_CPU per process, whole seconds (rounded up); SIGXCPU
+    memory_mb: int = 1024  # the whole run (cgroup) and RLIMIT_AS of each process
+    max_processes: int = 16  # RLIMIT_NPROC of the run's own uid (threads count too)
     max_output_bytes: int = 1 << 20  # per stream; more and the run is killed
     max_file_mb: int = 16  # RLIMIT_FSIZE: largest file the program may write
     max_open_files: int = 64
-    tmpfs_mb: int = 64  # size of the private /tmp in namespace modes
-    isolation: Isolation = "auto"
+    tmpfs_mb: int = 64  # size of the writable /work (namespaces mode)
+    startup_timeout_s: float = 60.0  # launcher start-up on a loaded host; overrun is a SandboxError
+    isolation: Isolation = "namespaces"
 
 
 @dataclass
 class SandboxResult:
-    returncode: Optional[int]  # negative: killed by that signal
+    returncode: Optional[int]  # negative: killed by that signal; None: ended before the program reported
     stdout: str
     stderr: str
     timed_out: bool  # the wall-clock limit expired
-    killed_reason: Optional[str]  # wall_time, cpu_time, output_limit, signal:<NAME>; None if it exited
-    wall_time_s: float
+    killed_reason: Optional[str]  # wall_time, cpu_time, memory, output_limit, signal:<NAME>, stopped
+    wall_time_s: float  # from the program's start
     isolation: str
     stdout_truncated: bool = False
     stderr_truncated: bool = False
+    memory_exceeded: bool = False
     extra: dict = field(default_factory=dict)
 
     @property
@@ -82,31 +91,37 @@ class SandboxResult:
         return self.returncode == 0 and not self.timed_out and self.killed_reason is None
 
 
-def _probe(args: list[str]) -> bool:
-    try:
-        return subprocess.run(args + ["true"], capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+@functools.lru_cache(maxsize=None)
+def _log_mode(mode: str, memory_bound: str) -> None:
+    if mode == "namespaces":
+        log.info("sandbox isolation: namespaces (memory: %s)", memory_bound)
+    else:
+        log.warning("sandbox isolation: %s (opted in; weaker containment, see docs/sandbox.md; memory: %s)",
+                    mode, memory_bound)
 
 
 @functools.lru_cache(maxsize=None)
-def available_isolation() -> str:
-    """The strongest isolation this host allows (probed once per process)."""
-    unshare = shutil.which("unshare")
-    if unshare:
-        if os.geteuid() == 0 and _probe(_namespace_prefix("namespaces")):
-            return "namespaces"
-        if _probe(_namespace_prefix("userns")):
-            return "userns"
-    return "rlimits"
-
-
-def _namespace_prefix(mode: str) -> list[str]:
-    base = [shutil.which("unshare") or "unshare", "--net", "--pid", "--mount", "--mount-proc",
-            "--fork", "--kill-child"]
-    if mode == "userns":
-        base[1:1] = ["--user", "--map-root-user"]
-    return base + ["--"]
+def memory_cgroup_parent() -> Optional[tuple[int, str]]:
+    """(cgroup version, directory) under which each run gets its own memory cgroup, or None."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    entries = [line.split(":", 2) for line in lines if line.count(":") >= 2]
+    unified = next((path for hid, ctl, path in entries if hid == "0" and ctl == ""), None)
+    if unified is not None and Path("/sys/fs/cgroup/cgroup.controllers").exists():
+        directory = "/sys/fs/cgroup" + unified.rstrip("/")
+        try:
+            if "memory" in Path(directory, "cgroup.subtree_control").read_text().split() and os.access(directory, os.W_OK):
+                return 2, directory
+        except OSError:
+            pass
+    for _, controllers, path in entries:
+        if "memory" in controllers.split(","):
+            directory = "/sys/fs/cgroup/memory" + path.rstrip("/")
+            if Path(directory, "memory.limit_in_bytes").exists() and os.access(directory, os.W_OK):
+                return 1, directory
+    return None
 
 
 class _UidLease:
@@ -117,7 +132,7 @@ class _UidLease:
         start = random.randrange(_UID_SLOTS)
         for i in range(_UID_SLOTS):
             slot = (start + i) % _UID_SLOTS
-            fd = os.open(_UID_LOCK_DIR / f"{slot}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+            fd = os.open(_UID_LOCK_DIR / f"{slot}.lock", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -144,128 +159,287 @@ def _rlimits(limits: SandboxLimits) -> dict[str, list[int]]:
     }
 
 
-def _kill_uid(uid: int) -> None:
-    """Without a pid namespace: kill every process of the run's uid (kill(-1) as that uid)."""
-    subprocess.run([sys.executable, "-I", "-S", "-c", "import os, signal; os.kill(-1, signal.SIGKILL)"],
-                   user=uid, group=uid, extra_groups=[], capture_output=True, timeout=10, env=_MINIMAL_ENV)
+class Sandbox:
+    """One sandboxed run of `code`; use as a context manager, then read `result()`.
 
+    `send(data)`, `readline(timeout_s)` and `close_stdin()` talk to the program; `wait()` lets
+    it finish; leaving the `with` block (or `stop()`) kills every process of the run.
+    """
 
-def _feed_stdin(pipe, data: bytes) -> None:
-    try:
-        if data:
-            pipe.write(data)
-        pipe.close()
-    except (BrokenPipeError, OSError):
-        pass  # the program exited or closed stdin without reading it all
+    def __init__(self, code: str, limits: SandboxLimits = SandboxLimits()) -> None:
+        if limits.isolation not in ISOLATION_MODES:
+            raise SandboxError(f"isolation must be one of {ISOLATION_MODES}, got {limits.isolation!r}")
+        self.limits, self.mode = limits, limits.isolation
+        cgroup_parent = memory_cgroup_parent()
+        _log_mode(self.mode, "cgroup v%d for the whole run" % cgroup_parent[0] if cgroup_parent
+                  else f"no delegated cgroup: {limits.memory_mb} MiB per process, at most {limits.max_processes} processes")
+        self.staging = tempfile.mkdtemp(prefix="gdpo-sbx-")
+        self.lease = _UidLease() if os.geteuid() == 0 else None
+        self.cgroup = ({"version": cgroup_parent[0], "path": f"{cgroup_parent[1]}/{Path(self.staging).name}"}
+                       if cgroup_parent else None)
+        self._stdout, self._stderr = bytearray(), bytearray()
+        self._consumed = 0
+        self._truncated = {"stdout": False, "stderr": False}
+        self._pending_stdin = bytearray()
+        self._stdin_closing = False
+        self._status = bytearray()
+        self._events: dict[str, dict] = {}
+        self.killed_reason: Optional[str] = None
+        self._launched = time.monotonic()
+        self.started_at: Optional[float] = None
+        self._ended_at: Optional[float] = None
+        self._finished = False
+        self._guard_exited = False
+        self.proc: Optional[subprocess.Popen] = None
+        try:
+            self._launch(code)
+        except BaseException:
+            self._cleanup(confirmed_dead=self.proc is None)
+            raise
+
+    # ---- start -----------------------------------------------------------------------------
+
+    def _launch(self, code: str) -> None:
+        os.chmod(self.staging, 0o700 if self.mode == "namespaces" else 0o711)
+        Path(self.staging, "prog.py").write_text(code, encoding="utf-8")
+        spec = {"mode": self.mode, "uid": self.lease.uid if self.lease else None, "rlimits": _rlimits(self.limits),
+                "tmpfs_mb": self.limits.tmpfs_mb, "cgroup": self.cgroup, "memory_bytes": self.limits.memory_mb << 20}
+        Path(self.staging, "spec.json").write_text(json.dumps(spec))
+        status_read, status_write = os.pipe()
+        self._status_fd = status_read
+        try:
+            self.proc = subprocess.Popen(
+                [_PYTHON, "-I", "-S", _CHILD, self.staging, str(os.getpid()), str(status_write)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(_MINIMAL_ENV),
+                start_new_session=True, close_fds=True,
+                pass_fds=(status_write,) + ((self.lease.fd,) if self.lease else ()))
+        finally:
+            os.close(status_write)
+        self._selector = selectors.DefaultSelector()
+        for fd in (self.proc.stdout.fileno(), self.proc.stderr.fileno(), status_read):
+            os.set_blocking(fd, False)
+            self._selector.register(fd, selectors.EVENT_READ)
+        os.set_blocking(self.proc.stdin.fileno(), False)
+
+    # ---- conversation ----------------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        self._pending_stdin += data
+        self._pump(0.0)
+
+    def close_stdin(self) -> None:
+        self._stdin_closing = True
+        self._pump(0.0)
+
+    def readline(self, timeout_s: Optional[float] = None) -> Optional[bytes]:
+        """The program's next stdout line, or None if it ended, was killed, or `timeout_s` passed."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+        def has_line() -> bool:
+            return b"\n" in self._stdout[self._consumed:]
+
+        self._pump_until(has_line, deadline)
+        if not has_line():
+            return None
+        end = self._stdout.index(b"\n", self._consumed) + 1
+        line = bytes(self._stdout[self._consumed:end])
+        self._consumed = end
+        return line
+
+    def wait(self, timeout_s: Optional[float] = None) -> None:
+        """Until the program's outputs close and the launcher reported the end (or a limit hits)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        self._pump_until(lambda: False, deadline)
+
+    @property
+    def running(self) -> bool:
+        return not self._finished and "exit" not in self._events and self.killed_reason is None
+
+    # ---- the pump --------------------------------------------------------------------------
+
+    def _limit_deadline(self) -> float:
+        if self.started_at is None:
+            return self._launched + self.limits.startup_timeout_s
+        return self.started_at + self.limits.wall_time_s
+
+    def _pump_until(self, done, deadline: Optional[float]) -> None:
+        while not done() and self._selector.get_map() and self.killed_reason is None:
+            now = time.monotonic()
+            limit = self._limit_deadline()
+            if now >= limit:
+                self._kill("wall_time" if self.started_at is not None else "startup")
+                break
+            if deadline is not None and now >= deadline:
+                break
+            self._pump(min(limit, deadline if deadline is not None else limit) - now)
+
+    def _pump(self, timeout: float) -> None:
+        stdin = self.proc.stdin
+        if stdin is not None and not stdin.closed:
+            want_write = bool(self._pending_stdin)
+            key = self._selector.get_map().get(stdin.fileno())
+            if want_write and key is None:
+                self._selector.register(stdin.fileno(), selectors.EVENT_WRITE)
+            elif not want_write and key is not None:
+                self._selector.unregister(stdin.fileno())
+            if not want_write and self._stdin_closing:
+                stdin.close()
+        if not self._selector.get_map():
+            return
+        for key, _ in self._selector.select(timeout=max(timeout, 0.0)):
+            fd = key.fd
+            if stdin is not None and not stdin.closed and fd == stdin.fileno():
+                try:
+                    written = os.write(fd, self._pending_stdin[:65536])
+                    del self._pending_stdin[:written]
+                except (BrokenPipeError, OSError):
+                    self._pending_stdin.clear()
+                    self._selector.unregister(fd)
+                    stdin.close()
+                continue
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                self._selector.unregister(fd)
+                continue
+            if fd == self._status_fd:
+                self._status += chunk
+                self._parse_status()
+            else:
+                name = "stdout" if fd == self.proc.stdout.fileno() else "stderr"
+                buffer = self._stdout if name == "stdout" else self._stderr
+                room = self.limits.max_output_bytes - len(buffer)
+                buffer += chunk[:max(room, 0)]
+                if len(chunk) > room:
+                    self._truncated[name] = True
+                    self._kill("output_limit")
+
+    def _parse_status(self) -> None:
+        while b"\n" in self._status:
+            line, _, rest = bytes(self._status).partition(b"\n")
+            self._status = bytearray(rest)
+            event = json.loads(line)
+            self._events[event["event"]] = event
+            if event["event"] == "started":
+                self.started_at = time.monotonic()
+            elif event["event"] == "exit":
+                self._ended_at = time.monotonic()
+
+    # ---- end -------------------------------------------------------------------------------
+
+    def _kill(self, reason: str) -> None:
+        if self.killed_reason is None and "exit" not in self._events:
+            self.killed_reason = reason
+            self._ended_at = time.monotonic()
+        self._guard_exited = self._stop_guard(terminate=True)
+
+    def _stop_guard(self, terminate: bool) -> bool:
+        """Wait for the launcher to exit (after SIGTERM, which makes it kill the run, when `terminate`);
+        True once it has exited by itself, so that every process of the run is known to be gone."""
+        if self.proc.poll() is not None:
+            return self._guard_exited
+        if terminate:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=_GUARD_EXIT_S)
+            return True
+        except subprocess.TimeoutExpired:
+            self.proc.kill()  # init follows through its death signal, asynchronously
+            self.proc.wait()
+            return False
+
+    def stop(self) -> None:
+        if self._finished:
+            return
+        if self.running:
+            self._kill("stopped")
+        else:
+            self._guard_exited = self._stop_guard(terminate="done" not in self._events)
+        deadline = time.monotonic() + 1.0
+        while self._selector.get_map() and time.monotonic() < deadline:  # the launcher's last reports
+            self._pump(0.05)
+        self._finished = True
+        self._cleanup(confirmed_dead=self._guard_exited and ("done" in self._events or self.proc.returncode == 121))
+        if "setup_error" in self._events:
+            raise SandboxError(f"sandbox set-up failed ({self.mode}): {self._events['setup_error']['message']}"
+                               + (" (a host that cannot create namespaces may opt in to isolation: rlimits)"
+                                  if self.mode == "namespaces" else ""))
+        if self.killed_reason == "startup":
+            raise SandboxError(f"sandbox did not start within {self.limits.startup_timeout_s} s")
+
+    def _cleanup(self, confirmed_dead: bool) -> None:
+        if hasattr(self, "_selector"):
+            self._selector.close()
+        if self.proc is not None:
+            for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+                try:
+                    pipe.close()
+                except OSError:
+                    pass
+        if hasattr(self, "_status_fd"):
+            os.close(self._status_fd)
+        if self.cgroup:
+            try:
+                os.rmdir(self.cgroup["path"])
+            except OSError:
+                pass
+        if self.lease is not None:
+            if confirmed_dead:
+                self.lease.release()
+            else:
+                _quarantined_leases.append(self.lease)
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def result(self) -> SandboxResult:
+        if not self._finished:
+            self.stop()
+        exit_event = self._events.get("exit")
+        returncode = os.waitstatus_to_exitcode(exit_event["wait_status"]) if exit_event else None
+        memory_exceeded = bool(self._events.get("done", {}).get("memory_exceeded"))
+        reason = self.killed_reason
+        if reason is None and returncode is not None and returncode < 0:
+            signum = -returncode
+            if signum == signal.SIGXCPU:
+                reason = "cpu_time"
+            elif signum == signal.SIGKILL and memory_exceeded:
+                reason = "memory"
+            else:
+                reason = f"signal:{signal.Signals(signum).name}"
+        start = self.started_at if self.started_at is not None else self._launched
+        end = self._ended_at if self._ended_at is not None else time.monotonic()
+        return SandboxResult(
+            returncode=returncode,
+            stdout=self._stdout.decode("utf-8", errors="replace"),
+            stderr=self._stderr.decode("utf-8", errors="replace"),
+            timed_out=reason == "wall_time", killed_reason=reason, wall_time_s=end - start, isolation=self.mode,
+            stdout_truncated=self._truncated["stdout"], stderr_truncated=self._truncated["stderr"],
+            memory_exceeded=memory_exceeded)
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 def run_sandboxed(code: str, stdin: str = "", limits: SandboxLimits = SandboxLimits()) -> SandboxResult:
-    """Run Python `code` as __main__ with `stdin`; a failure of the program is a result, never an exception.
+    """Run Python `code` as __main__ with `stdin` to its end; a failure of the program is a result.
 
-    Raises SandboxError only when the sandbox itself cannot start (e.g. mounts refused).
+    Raises SandboxError only when the sandbox itself cannot start.
     """
-    mode = available_isolation() if limits.isolation == "auto" else limits.isolation
-    staging = tempfile.mkdtemp(prefix="gdpo-sbx-")
-    lease = _UidLease() if os.geteuid() == 0 and mode in ("namespaces", "rlimits") else None
+    with Sandbox(code, limits) as sandbox:
+        sandbox.send(stdin.encode("utf-8"))
+        sandbox.close_stdin()
+        sandbox.wait()
+    return sandbox.result()
+
+
+@functools.lru_cache(maxsize=None)
+def namespaces_available() -> bool:
+    """Whether this host runs the default ("namespaces") mode (one trivial run, cached)."""
     try:
-        os.chmod(staging, 0o700 if mode != "rlimits" else 0o755)
-        Path(staging, "prog.py").write_text(code, encoding="utf-8")
-        spec = {
-            "private_tmp": mode != "rlimits",
-            "tmpfs_mb": limits.tmpfs_mb,
-            "uid": lease.uid if lease else None,
-            "rlimits": _rlimits(limits),
-            "block_sockets": True,
-        }
-        Path(staging, "spec.json").write_text(json.dumps(spec))
-        prefix = _namespace_prefix(mode) if mode != "rlimits" else []
-        result = _execute(prefix + [sys.executable, "-I", "-S", _CHILD, staging], stdin.encode("utf-8"), limits, mode)
-        if lease is not None and mode == "rlimits":
-            _kill_uid(lease.uid)
-        if result.returncode == _SETUP_FAILED and "gdpo-sandbox-setup-error" in result.stderr:
-            raise SandboxError(f"sandbox set-up failed ({mode}): {result.stderr.strip()}")
-        return result
-    finally:
-        if lease is not None:
-            lease.release()
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _execute(command: list[str], stdin: bytes, limits: SandboxLimits, mode: str) -> SandboxResult:
-    start = time.monotonic()
-    status_read, status_write = os.pipe()
-    try:
-        proc = subprocess.Popen(command + [str(status_write)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=dict(_MINIMAL_ENV), start_new_session=True,
-                                close_fds=True, pass_fds=(status_write,))
-    finally:
-        os.close(status_write)
-    feeder = threading.Thread(target=_feed_stdin, args=(proc.stdin, stdin), daemon=True)
-    feeder.start()
-    buffers = {proc.stdout: bytearray(), proc.stderr: bytearray()}
-    truncated = {proc.stdout: False, proc.stderr: False}
-    killed_reason = None
-    deadline = start + limits.wall_time_s
-    with selectors.DefaultSelector() as selector:
-        for pipe in buffers:
-            selector.register(pipe, selectors.EVENT_READ)
-        while selector.get_map():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                killed_reason = "wall_time"
-                break
-            for key, _ in selector.select(timeout=min(remaining, 0.5)):
-                chunk = os.read(key.fd, 65536)
-                if not chunk:
-                    selector.unregister(key.fileobj)
-                    continue
-                buffer = buffers[key.fileobj]
-                room = limits.max_output_bytes - len(buffer)
-                buffer += chunk[:max(room, 0)]
-                if len(chunk) > room:
-                    truncated[key.fileobj] = True
-                    killed_reason = "output_limit"
-            if killed_reason:
-                break
-    if killed_reason is None:
-        try:
-            proc.wait(timeout=max(deadline - time.monotonic(), 0.01))
-        except subprocess.TimeoutExpired:
-            killed_reason = "wall_time"
-    if killed_reason is not None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    launcher_code = proc.wait()
-    returncode = _program_status(status_read, launcher_code)
-    feeder.join(timeout=1)
-    for pipe in (proc.stdin, proc.stdout, proc.stderr):
-        try:
-            pipe.close()
-        except OSError:
-            pass
-    if killed_reason is None and returncode < 0:
-        signum = -returncode
-        killed_reason = "cpu_time" if signum == signal.SIGXCPU else f"signal:{signal.Signals(signum).name}"
-    return SandboxResult(
-        returncode=returncode,
-        stdout=buffers[proc.stdout].decode("utf-8", errors="replace"),
-        stderr=buffers[proc.stderr].decode("utf-8", errors="replace"),
-        timed_out=killed_reason == "wall_time",
-        killed_reason=killed_reason,
-        wall_time_s=time.monotonic() - start,
-        isolation=mode,
-        stdout_truncated=truncated[proc.stdout],
-        stderr_truncated=truncated[proc.stderr],
-    )
-
-
-def _program_status(status_read: int, launcher_code: int) -> int:
-    """The program's own exit status (negative: its signal), as the launcher saw it."""
-    with os.fdopen(status_read, "rb") as pipe:
-        report = pipe.read()
-    if not report:
-        return launcher_code  # killed before the program ended (timeout, output limit) or set-up failed
-    return os.waitstatus_to_exitcode(json.loads(report)["wait_status"])
-
+        return run_sandboxed("pass", limits=SandboxLimits(wall_time_s=10, isolation="namespaces")).ok
+    except SandboxError:
+        return False
