@@ -42,5 +42,5 @@ def test_record_without_tests_is_nan():
 
 
 def test_unknown_style_is_an_error():
-    with pytest.raises(ValueError, match="tests.style"):
+    with pytest.raises(ValueError, match="tests.style"):  # a refusal (RewardRefused is a ValueError)
         code_pass({"tests": {"style": "junit"}}, "print(1)", 0)
