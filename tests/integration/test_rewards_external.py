@@ -33,7 +33,8 @@ def humaneval():
     with gzip.open(path, "rt") as f:
         problems = [json.loads(line) for line in f]
     records = [normalize_record({"id": p["task_id"], "prompt": p["prompt"],
-                                 "tests": {"style": "function", "test": p["test"], "entry_point": p["entry_point"]}},
+                                 "tests": {"style": "function", "test": p["test"], "entry_point": p["entry_point"],
+                                           "context": p["prompt"]}},
                                 "code", f"{path}:{i + 1}", p["task_id"]) for i, p in enumerate(problems)]
     return problems, records
 
