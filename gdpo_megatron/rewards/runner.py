@@ -6,7 +6,10 @@ yields NaN and counts in `reward_errors/<name>`; one that overruns yields NaN, c
 interrupted in-process: math-verify and sandboxes use their own signals and children).
 A worker that dies for any reason is replaced the same way. The run never dies because of
 one rollout. The first `scoring.max_logged_errors` failures per reward are logged with the
-record id.
+record id. Refusals (the record's data cannot be scored with the reward's guarantees),
+sandbox failures and values outside a reward's declared range are NaN as well, each with its
+own counter; sandboxed programs stopped at their time limit are counted without changing
+the value (docs/rewards.md).
 """
 
 from __future__ import annotations
@@ -27,9 +30,15 @@ from gdpo_megatron.config.errors import ConfigError, did_you_mean
 from gdpo_megatron.config.scoring import ScoringConfig
 
 from ._reward_worker import import_rewards, worker_main
+from .outcomes import EVENTS
 from .registry import REWARDS
 
 log = logging.getLogger(__name__)
+
+# Failure kinds reported by the worker -> their counter; any other failure is reward_errors.
+_FAILURE_COUNTERS = {"refused": "reward_refusals", "sandbox_failure": "reward_sandbox_failures",
+                     "out_of_range": "reward_out_of_range"}
+_EVENT_COUNTERS = {event: f"reward_{event}" for event in EVENTS}
 
 
 @dataclass
@@ -134,6 +143,7 @@ class RewardRunner:
         values = torch.full((n, k), math.nan, dtype=torch.float32)
         errors = [0] * k
         timeouts = [0] * k
+        counted = {key: [0] * k for key in (*_FAILURE_COUNTERS.values(), *_EVENT_COUNTERS.values())}
         self._ensure_workers()
         for i in range(n):
             # One worker per rollout keeps its rewards together (code rewards share sandbox runs).
@@ -157,12 +167,18 @@ class RewardRunner:
                 i, j = divmod(task_id, k)
                 name = self.specs[j].name
                 if worker.conn in ready:
+                    events: dict = {}
                     try:
-                        _, status, payload = worker.conn.recv()
+                        _, status, payload, events = worker.conn.recv()
                     except (EOFError, OSError):
                         status, payload = "crash", f"worker process died (exit code {worker.process.exitcode})"
+                    for event, count in events.items():
+                        counted[_EVENT_COUNTERS[event]][j] += count
                     if status == "ok":
                         values[i, j] = payload
+                    elif status in _FAILURE_COUNTERS:
+                        counted[_FAILURE_COUNTERS[status]][j] += 1
+                        self._log_failure(status.replace("_", " "), name, records[i], payload)
                     else:
                         errors[j] += 1
                         self._log_failure("failed", name, records[i], payload)
@@ -188,6 +204,7 @@ class RewardRunner:
             metrics[f"reward_errors/{name}"] = float(errors[j])
             metrics[f"reward_timeouts/{name}"] = float(timeouts[j])
             metrics[f"reward_nan/{name}"] = float(n - len(valid))
+            metrics.update({f"{key}/{name}": float(counts[j]) for key, counts in counted.items()})
         return RewardBatch(values=values, metrics=metrics, names=self.names)
 
     def close(self) -> None:

@@ -246,6 +246,13 @@ class Sandbox:
         self._consumed = end
         return line
 
+    def wait_started(self) -> None:
+        """Until the program's first line is about to run (SandboxError if the launcher fails first)."""
+        self._pump_until(lambda: self.started_at is not None or "setup_error" in self._events, None)
+        if self.started_at is None:
+            self.stop()  # raises SandboxError for a set-up failure or a start-up overrun
+            raise SandboxError("sandbox ended before the program started")
+
     def wait(self, timeout_s: Optional[float] = None) -> None:
         """Until the program's outputs close and the launcher reported the end (or a limit hits)."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
