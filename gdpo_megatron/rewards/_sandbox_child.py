@@ -4,15 +4,17 @@ Three processes, each with one job:
 
 - guard (started by sandbox.py, host namespaces, root): dies with its caller through
   PR_SET_PDEATHSIG (SIGTERM), and on SIGTERM kills the run; creates the run's memory cgroup,
-  enters fresh mount, network, IPC and UTS namespaces, forks init into a fresh pid namespace,
+  enters fresh network, IPC and UTS namespaces, forks init into a fresh pid namespace,
   waits for it, then removes the cgroup and the staging dir. It holds the uid lease fd, so
   the lease outlives every process of the run: the kernel reaps a pid namespace's init only
   after every other process in that namespace is gone.
-- init (pid 1 of the run): dies with the guard (PR_SET_PDEATHSIG, SIGKILL), builds the
+- init (pid 1 of the run): dies with the guard (PR_SET_PDEATHSIG, SIGKILL), enters a mount
+  namespace of its own, builds the
   program's root filesystem (read-only interpreter, stdlib and the shared libraries they
   load; a size-capped tmpfs /work; /dev/null & co; a fresh /proc), pivots into it, forks the
   program and reports its wait status. When init exits, the kernel kills what is left.
-- program: drops to the leased uid, sets rlimits, closes every fd but 0-2, reports
+- program: drops to the leased uid, sets rlimits and a seccomp filter against sockets,
+  closes every fd but 0-2, reports
   "started" (time limits count from here, not from interpreter start-up), runs the code.
 
 Status lines (JSON) go to a pipe the program never holds: started, exit, done, setup_error.
@@ -23,10 +25,10 @@ import json
 import os
 import platform
 import resource
-import runpy
 import shutil
 import signal
 import sys
+import types
 
 SETUP_FAILED = 121
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 32, 4096, 16384, 1 << 18
@@ -97,7 +99,7 @@ def main():
         make_cgroup(cgroup, spec["memory_bytes"])
     namespaces = spec["mode"] == "namespaces"
     if namespaces:
-        check(libc.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWPID), "unshare")
+        check(libc.unshare(CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWPID), "unshare")
     guard = os.getpid()
     pid = os.fork()
     if pid == 0:
@@ -144,8 +146,11 @@ def remove_cgroup(spec):
                 events = dict(line.split() for line in f)
             exceeded = int(events.get("max", 0)) > 0 or int(events.get("oom_kill", 0)) > 0
         else:
+            with open(os.path.join(spec["path"], "memory.oom_control")) as f:
+                events = dict(line.split() for line in f)
+            exceeded = int(events.get("oom_kill", 0)) > 0
             with open(os.path.join(spec["path"], "memory.failcnt")) as f:
-                exceeded = int(f.read()) > 0
+                exceeded |= int(f.read()) > 0
     except (OSError, ValueError):
         pass
     for _ in range(100):
@@ -194,6 +199,9 @@ def prepare(spec, staging, program, cgroup):
         with open(os.path.join(cgroup["path"], "cgroup.procs"), "w") as f:
             f.write("0")
     if spec["mode"] == "namespaces":
+        # A mount namespace of init's own: pivot_root moves the root of every process in it,
+        # and the guard must keep the host's view to clean up.
+        check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
         build_root(spec, staging)
         workdir = "/work"
     else:
@@ -275,10 +283,45 @@ def build_root(spec, staging):
 
 # ---- program -----------------------------------------------------------------------------
 
-def block_sockets(event, args):
-    # Only for rlimits mode (no network namespace); raw syscalls bypass it.
-    if event in ("socket.__new__", "socket.getaddrinfo", "socket.connect"):
-        raise PermissionError("network access is disabled in the sandbox")
+SECCOMP_ARCH = {"x86_64": (0xC000003E, 41), "aarch64": (0xC00000B7, 198)}  # audit arch, socket(2) number
+SYS_IO_URING_SETUP = 425  # the same on both; io_uring can open sockets without socket(2)
+
+
+def block_network():
+    """A seccomp filter: socket(2) other than AF_UNIX and io_uring fail with EACCES; another
+    syscall ABI (32-bit, x32) kills the process. The kernel enforces it on every thread and child,
+    so it holds against raw system calls too (the network namespace is the first wall; in
+    rlimits mode this is the only one)."""
+    arch = SECCOMP_ARCH.get(platform.machine())
+    if arch is None:
+        fail(f"no seccomp filter for {platform.machine()}")
+    audit_arch, sys_socket = arch
+
+    class Filter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+
+    class Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Filter))]
+
+    load, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
+    allow, deny, kill = 0x7FFF0000, 0x00050000 | 13, 0x80000000
+    code = [
+        (load, 0, 0, 4),                     # 0: arch
+        (jeq, 0, 8, audit_arch),             # 1: other ABI -> 10 (kill)
+        (load, 0, 0, 0),                     # 2: syscall number
+        (jge, 5, 0, 0x40000000),             # 3: x32 numbers -> 9 (deny)
+        (jeq, 4, 0, SYS_IO_URING_SETUP),     # 4: -> 9 (deny)
+        (jeq, 0, 2, sys_socket),             # 5: not socket(2) -> 8 (allow)
+        (load, 0, 0, 16),                    # 6: socket's domain (args[0], low word)
+        (jeq, 0, 1, 1),                      # 7: AF_UNIX -> 8 (allow), else 9 (deny)
+        (ret, 0, 0, allow),                  # 8
+        (ret, 0, 0, deny),                   # 9
+        (ret, 0, 0, kill),                   # 10
+    ]
+    filters = (Filter * len(code))(*[Filter(*instruction) for instruction in code])
+    program = Program(len(code), filters)
+    check(libc.prctl(38, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+    check(libc.prctl(22, 2, ctypes.byref(program), 0, 0), "prctl(PR_SET_SECCOMP)")
 
 
 def run_program(spec, workdir):
@@ -298,14 +341,18 @@ def run_program(spec, workdir):
             resource.setrlimit(getattr(resource, name), tuple(value))
     except (ValueError, OSError) as exc:
         fail(f"setrlimit: {exc}")
-    if spec["mode"] != "namespaces":
-        sys.addaudithook(block_sockets)
+    block_network()
     os.chdir(workdir)
     sys.argv = ["prog.py"]
     sys.path.insert(0, workdir)
     report("started")
     os.closerange(3, max(inherited) + 1)  # the status pipe and the uid lease
-    runpy.run_path("prog.py", run_name="__main__")
+    with open("prog.py", "rb") as f:
+        code = compile(f.read(), "prog.py", "exec")
+    main_module = types.ModuleType("__main__")
+    main_module.__file__ = "prog.py"
+    sys.modules["__main__"] = main_module
+    exec(code, main_module.__dict__)
     sys.stdout.flush()
     sys.stderr.flush()
 
