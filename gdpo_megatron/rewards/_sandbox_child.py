@@ -23,7 +23,6 @@ Status lines (JSON) go to a pipe the program never holds: started, exit, done, s
 import ctypes
 import json
 import os
-import platform
 import resource
 import shutil
 import signal
@@ -271,9 +270,9 @@ def build_root(spec, staging):
     os.symlink("/work", root + "/tmp")
     mount("tmpfs", root + "/work", "tmpfs", MS_NOSUID | MS_NODEV, f"size={spec['tmpfs_mb']}m,mode=0755")
     os.chdir(root)
-    number = SYS_PIVOT_ROOT.get(platform.machine())
+    number = SYS_PIVOT_ROOT.get(os.uname().machine)
     if number is None:
-        fail(f"pivot_root: unknown syscall number on {platform.machine()}")
+        fail(f"pivot_root: unknown syscall number on {os.uname().machine}")
     check(libc.syscall(number, b".", b"."), "pivot_root")
     check(libc.umount2(b".", MNT_DETACH), "detach the host root")
     os.chdir("/")
@@ -292,9 +291,9 @@ def block_network():
     syscall ABI (32-bit, x32) kills the process. The kernel enforces it on every thread and child,
     so it holds against raw system calls too (the network namespace is the first wall; in
     rlimits mode this is the only one)."""
-    arch = SECCOMP_ARCH.get(platform.machine())
+    arch = SECCOMP_ARCH.get(os.uname().machine)
     if arch is None:
-        fail(f"no seccomp filter for {platform.machine()}")
+        fail(f"no seccomp filter for {os.uname().machine}")
     audit_arch, sys_socket = arch
 
     class Filter(ctypes.Structure):
