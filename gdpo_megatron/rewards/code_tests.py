@@ -112,15 +112,15 @@ def plan_function_tests(tests: dict, record_id=None) -> FunctionTestPlan:
         sources = tuple(str(a) for a in tests["asserts"])
         trees = [_parse(s, f"tests.asserts[{i}]", record_id) for i, s in enumerate(sources)]
         free: set[str] = set()
-        called: set[str] = set()
+        as_value: set[str] = set()
         for tree in trees:
             names, only_called = _loads(tree)
             local = _defined_names(tree)
             free |= names - local - known
-            called |= only_called - local - known
+            as_value |= names - only_called - local - known
         modules = {name for name in free if name in stdlib}
         proxies = free - modules
-        misused = proxies - called
+        misused = proxies & as_value
         if misused:
             raise CodeTestsRefused(f"record {record_id!r}: tests.asserts use {', '.join(sorted(misused))} other than "
                                    "by calling it; only calls to the program's functions can be judged outside it")

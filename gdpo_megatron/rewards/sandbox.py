@@ -243,7 +243,10 @@ class Sandbox:
             return None
         end = self._stdout.index(b"\n", self._consumed) + 1
         line = bytes(self._stdout[self._consumed:end])
-        self._consumed = end
+        # A conversation drops what it has read: max_output_bytes then bounds one pending reply,
+        # not the sum of all of them (`result().stdout` holds only what was never read).
+        del self._stdout[:end]
+        self._consumed = 0
         return line
 
     def wait_started(self) -> None:
