@@ -205,8 +205,9 @@ def prepare(spec, staging, program, cgroup):
         workdir = "/work"
     else:
         workdir = os.path.join(staging, "work")
-        os.mkdir(workdir)
-    with open(os.path.join(workdir, "prog.py"), "wb") as f:
+        os.mkdir(workdir, 0o700)  # shared /tmp in rlimits mode: other runs' uids stay out
+    fd = os.open(os.path.join(workdir, "prog.py"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
         f.write(program)
     uid = spec["uid"]
     if uid is not None:
@@ -323,8 +324,18 @@ def block_network():
     check(libc.prctl(22, 2, ctypes.byref(program), 0, 0), "prctl(PR_SET_SECCOMP)")
 
 
+# rlimits mode as root: after the uid drop an interpreter under a private home (pyenv in /root)
+# is unreadable and only modules loaded before it can be imported; these cover the code
+# reward's runtimes and common programs.
+PRELOAD = ("math", "traceback", "json", "re", "collections", "itertools", "functools", "heapq", "bisect",
+           "string", "copy", "typing", "random", "fractions", "decimal", "statistics")
+
+
 def run_program(spec, workdir):
     uid = spec["uid"]
+    if uid is not None and spec["mode"] != "namespaces":
+        for name in PRELOAD:
+            __import__(name)
     if uid is not None:
         try:
             os.setgroups([])

@@ -146,6 +146,12 @@ class _UidLease:
         os.close(self.fd)
 
 
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
 def _rlimits(limits: SandboxLimits) -> dict[str, list[int]]:
     cpu = max(1, math.ceil(limits.cpu_time_s))
     memory = limits.memory_mb << 20
@@ -201,10 +207,12 @@ class Sandbox:
 
     def _launch(self, code: str) -> None:
         os.chmod(self.staging, 0o700 if self.mode == "namespaces" else 0o711)
-        Path(self.staging, "prog.py").write_text(code, encoding="utf-8")
+        # 0600: in rlimits mode other runs see the host's /tmp (and this path in the launcher's
+        # command line); only root and the launcher read the program, its tests or its spec.
+        _write_private(Path(self.staging, "prog.py"), code)
         spec = {"mode": self.mode, "uid": self.lease.uid if self.lease else None, "rlimits": _rlimits(self.limits),
                 "tmpfs_mb": self.limits.tmpfs_mb, "cgroup": self.cgroup, "memory_bytes": self.limits.memory_mb << 20}
-        Path(self.staging, "spec.json").write_text(json.dumps(spec))
+        _write_private(Path(self.staging, "spec.json"), json.dumps(spec))
         status_read, status_write = os.pipe()
         self._status_fd = status_read
         try:
