@@ -179,12 +179,11 @@ class Sandbox:
         cgroup_parent = memory_cgroup_parent()
         _log_mode(self.mode, "cgroup v%d for the whole run" % cgroup_parent[0] if cgroup_parent
                   else f"no delegated cgroup: {limits.memory_mb} MiB per process, at most {limits.max_processes} processes")
-        self.staging = tempfile.mkdtemp(prefix="gdpo-sbx-")
         self.lease = _UidLease() if os.geteuid() == 0 else None
+        self.staging = tempfile.mkdtemp(prefix="gdpo-sbx-")
         self.cgroup = ({"version": cgroup_parent[0], "path": f"{cgroup_parent[1]}/{Path(self.staging).name}"}
                        if cgroup_parent else None)
         self._stdout, self._stderr = bytearray(), bytearray()
-        self._consumed = 0
         self._truncated = {"stdout": False, "stderr": False}
         self._pending_stdin = bytearray()
         self._stdin_closing = False
@@ -244,17 +243,16 @@ class Sandbox:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
 
         def has_line() -> bool:
-            return b"\n" in self._stdout[self._consumed:]
+            return b"\n" in self._stdout
 
         self._pump_until(has_line, deadline)
         if not has_line():
             return None
-        end = self._stdout.index(b"\n", self._consumed) + 1
-        line = bytes(self._stdout[self._consumed:end])
+        end = self._stdout.index(b"\n") + 1
+        line = bytes(self._stdout[:end])
         # A conversation drops what it has read: max_output_bytes then bounds one pending reply,
         # not the sum of all of them (`result().stdout` holds only what was never read).
         del self._stdout[:end]
-        self._consumed = 0
         return line
 
     def wait_started(self) -> None:
