@@ -63,9 +63,11 @@ def mount(source, target, fstype, flags, options=""):
                      flags, options.encode() if options else None), f"mount {source} on {target}")
 
 
-def set_parent_death_signal(signum, parent):
+def set_parent_death_signal(signum, parent, leftover=None):
     check(libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
     if os.getppid() != parent:  # the parent died before the signal was armed
+        if leftover:
+            shutil.rmtree(leftover, ignore_errors=True)
         fail("the caller is gone")
 
 
@@ -85,7 +87,7 @@ def main():
             pass
 
     signal.signal(signal.SIGTERM, stop)
-    set_parent_death_signal(signal.SIGTERM, caller)
+    set_parent_death_signal(signal.SIGTERM, caller, leftover=staging)
     try:
         with open(os.path.join(staging, "spec.json")) as f:
             spec = json.load(f)
@@ -100,19 +102,16 @@ def main():
     if namespaces:
         check(libc.unshare(CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWPID), "unshare")
     guard = os.getpid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # a stop request waits until init can be killed
     pid = os.fork()
     if pid == 0:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         set_parent_death_signal(signal.SIGKILL, 0 if namespaces else guard)  # a parent outside the pid ns reads as 0
         init(spec, staging, program, cgroup)
     init_pidfd = os.pidfd_open(pid)
-    while True:
-        try:
-            _, init_status = os.waitpid(pid, 0)
-            break
-        except ChildProcessError:
-            init_status = None
-            break
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    _, init_status = os.waitpid(pid, 0)  # retried after the SIGTERM handler (PEP 475)
     if not namespaces and spec["uid"] is not None:
         kill_uid(spec["uid"])  # no pid namespace: sweep every process of the run's uid
     memory_exceeded = remove_cgroup(cgroup) if cgroup else False

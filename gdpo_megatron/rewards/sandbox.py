@@ -100,9 +100,28 @@ def _log_mode(mode: str, memory_bound: str) -> None:
                     mode, memory_bound)
 
 
+def _can_make_cgroup(version: int, directory: str) -> bool:
+    probe = Path(directory, f"gdpo-sbx-probe-{os.getpid()}")
+    try:
+        probe.mkdir()
+        try:
+            Path(probe, "memory.max" if version == 2 else "memory.limit_in_bytes").write_text(str(64 << 20))
+        finally:
+            probe.rmdir()
+        return True
+    except OSError:
+        return False
+
+
 @functools.lru_cache(maxsize=None)
 def memory_cgroup_parent() -> Optional[tuple[int, str]]:
-    """(cgroup version, directory) under which each run gets its own memory cgroup, or None."""
+    """(cgroup version, directory) under which each run gets its own memory cgroup, or None
+    (then a run's memory is bounded by RLIMIT_AS x max_processes; the log says which)."""
+    found = _find_memory_cgroup()
+    return found if found and _can_make_cgroup(*found) else None
+
+
+def _find_memory_cgroup() -> Optional[tuple[int, str]]:
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
     except OSError:
