@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from gdpo_megatron.config.algorithm import AlgorithmConfig
+from gdpo_megatron.config.group_filter import AdaptiveRetainConfig
 from gdpo_megatron.registry import Registry
 
 from .advantages import apply_reward_conditions, reward_names, weighted_reward_sum
@@ -190,7 +191,7 @@ def filter_groups(rewards: Tensor, group_ids: Tensor, lengths: Tensor, algorithm
 
 
 def filter_metrics(result: FilterResult, conditioned: Tensor, weights: Tensor, lengths: Tensor, names: list[str],
-                   adaptive, tracker: Optional[DifficultyTracker]) -> dict[str, float]:
+                   adaptive: Optional[AdaptiveRetainConfig], tracker: Optional[DifficultyTracker]) -> dict[str, float]:
     """Per-step `gfpo/*` keys (docs/advantages.md). The all-rollout counterparts are the
     trainer's `reward/<name>/mean`, `reward/combined/mean` and `response_len/mean`."""
     keep = result.keep
@@ -204,13 +205,11 @@ def filter_metrics(result: FilterResult, conditioned: Tensor, weights: Tensor, l
     combined = torch.nan_to_num(kept, nan=0.0) @ weights  # missing counts 0, as in reward/combined/mean
     out["gfpo/reward/combined/retained_mean"] = float(combined.mean()) if combined.numel() else float("nan")
     if adaptive is not None:
-        bucket = result.bucket
-        per_bucket = segment_sum(torch.ones_like(bucket, dtype=torch.float64),
-                                 GroupIndex(bucket, len(adaptive.retain))) if bucket.numel() else None
-        kept_per_bucket = segment_sum(result.retained_per_group.to(torch.float64),
-                                      GroupIndex(bucket, len(adaptive.retain))) if bucket.numel() else None
+        buckets = GroupIndex(result.bucket, len(adaptive.retain))
+        groups_per_bucket = segment_sum(torch.ones_like(result.bucket, dtype=torch.float64), buckets)
+        kept_per_bucket = segment_sum(result.retained_per_group.to(torch.float64), buckets)
         for b, configured in enumerate(adaptive.retain):
-            groups_in = float(per_bucket[b]) if per_bucket is not None else 0.0
+            groups_in = float(groups_per_bucket[b])
             out[f"gfpo/bucket{b}/groups"] = groups_in
             # the k actually kept (the configured one unless groups were smaller)
             out[f"gfpo/bucket{b}/k"] = float(kept_per_bucket[b]) / groups_in if groups_in else float(configured)
