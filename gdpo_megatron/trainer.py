@@ -423,7 +423,10 @@ class Trainer:
         metrics.update(self._pending_metrics)
         batch = self._filter_groups(batch, metrics)  # GFPO: the metrics above saw every rollout
         train_start = time.perf_counter()
-        metrics.update(self._train(batch))
+        # The driver's reward/<name>/mean describe every sampled rollout; the advantage stage's
+        # diagnostics of the same name describe the trained batch (the retained rollouts under
+        # GFPO), so the driver's values win.
+        metrics.update({key: value for key, value in self._train(batch).items() if key not in metrics})
         timings["time/train"] = time.perf_counter() - train_start
         metrics.update(self._refit())
         timings["time/step"] = time.perf_counter() - start

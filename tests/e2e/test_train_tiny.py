@@ -165,6 +165,9 @@ def test_adaptive_gfpo_trains_on_retained_only_and_resumes_its_statistics(repo_r
         # only the retained rollouts reach the policy ranks and the loss normalizer
         assert r["samples"] == r["train/global_sequences"] == kept == r["gfpo/retained_frac"] * 8 * 4
         assert r["gfpo/response_len/retained_mean"] <= r["response_len/mean"]
+        # reward means describe every sampled rollout (nothing is missing here, weights are 1)
+        all_sampled = sum(r[f"reward/{name}/mean"] for name in ("correct", "format", "length"))
+        assert abs(r["reward/combined/mean"] - all_sampled) < 1e-9
     assert [r["gfpo/difficulty/window"] for r in full] == [8, 12, 12]
 
     # stop after step 1 (a checkpoint), then extend the same run to 3 steps: the difficulty
