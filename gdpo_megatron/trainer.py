@@ -418,15 +418,17 @@ class Trainer:
         self._pending_metrics = {}
         batch = self._collect(step)
         timings["time/rollout"] = time.perf_counter() - start  # generation + rewards (+ resampling)
-        metrics = reward_metrics(batch.rewards, self.recipe.algorithm.rewards)
+        all_rollouts = reward_metrics(batch.rewards, self.recipe.algorithm.rewards)
+        metrics = dict(all_rollouts)
         metrics.update(response_length_metrics(batch, self.recipe.generation.sampling.max_new_tokens))
         metrics.update(self._pending_metrics)
         batch = self._filter_groups(batch, metrics)  # GFPO: the metrics above saw every rollout
         train_start = time.perf_counter()
-        # The driver's reward/<name>/mean describe every sampled rollout; the advantage stage's
-        # diagnostics of the same name describe the trained batch (the retained rollouts under
-        # GFPO), so the driver's values win.
-        metrics.update({key: value for key, value in self._train(batch).items() if key not in metrics})
+        metrics.update(self._train(batch))
+        # Same-named reward means also come from the reward runner (raw values) and the advantage
+        # stage (the trained batch: only the retained rollouts under GFPO); these, over every
+        # sampled rollout with conditions applied, are the ones logged.
+        metrics.update(all_rollouts)
         timings["time/train"] = time.perf_counter() - train_start
         metrics.update(self._refit())
         timings["time/step"] = time.perf_counter() - start
