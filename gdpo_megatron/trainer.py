@@ -3,9 +3,9 @@
 One step:
   sample prompts -> generate n rollouts each (engine actor) -> score K rewards (reward
   actor) -> [dynamic sampling: drop zero-variance groups, over-sample to refill] ->
-  shard rollouts over data-parallel ranks -> on every policy rank: advantage stage over
-  the DP group, old/reference logprobs, optimizer steps -> refit the engine -> log,
-  checkpoint.
+  [group filter (GFPO): keep each group's best k rollouts] -> shard rollouts over
+  data-parallel ranks -> on every policy rank: advantage stage over the DP group,
+  old/reference logprobs, optimizer steps -> refit the engine -> log, checkpoint.
 The driver moves prompts, token ids and reward rows; per-token tensors of the whole
 batch never exist here.
 """
@@ -255,6 +255,19 @@ class Trainer:
         first = sorted(set(kept.group_ids))[:wanted]
         return kept.select([i for i, g in enumerate(kept.group_ids) if g in set(first)])
 
+    # ---------------------------------------------------------------- group filter (GFPO)
+    def _filter_groups(self, batch: StepBatch, metrics: dict[str, float]) -> StepBatch:
+        """Keep each group's best k rollouts (algorithm.group_filter); the rest never reach the policy."""
+        if not self.recipe.algorithm.group_filter.enabled:
+            return batch
+        from gdpo_megatron.algorithms.group_filter import filter_groups
+
+        lengths = torch.tensor([len(r) for r in batch.response_ids], dtype=torch.float64)
+        result = filter_groups(batch.rewards, torch.tensor(batch.group_ids, dtype=torch.long), lengths,
+                               self.recipe.algorithm, self.difficulty)
+        metrics.update(result.metrics)
+        return batch.select(result.indices)
+
     def _train(self, batch: StepBatch) -> dict[str, float]:
         rewards = batch.rewards
         response_ids = batch.response_ids
@@ -294,6 +307,8 @@ class Trainer:
             ray.get([w.save_checkpoint.remote(str(path / "policy")) for w in self.workers])
             state = RunState(step=step, config_hash=self.config_hash, sampler_state=self.sampler.state_dict(),
                              consecutive_nan_skips=self.nan_skips_in_a_row)
+            if self.difficulty is not None:
+                state.extra["group_filter_difficulty"] = self.difficulty.state_dict()
             write_run_state(path, state, capture_rng_state())
 
         start = time.perf_counter()
@@ -314,6 +329,8 @@ class Trainer:
         self.sampler.load_state_dict(state.sampler_state)
         restore_rng_state(rng)
         self.nan_skips_in_a_row = state.consecutive_nan_skips
+        if self.difficulty is not None:
+            self.difficulty.load_state_dict(state.extra["group_filter_difficulty"])
         self.log(f"[resume] from step {state.step} ({latest.path})")
         return state.step
 
@@ -347,6 +364,12 @@ class Trainer:
             val_set = load_prompt_dataset(self.recipe.data, "val", self.recipe.seed, tokenizer=self.tokenizer)
             self.val_records = list(val_set)[: validation.num_prompts]
         self.nan_skips_in_a_row = 0
+        self.difficulty = None  # the adaptive group filter's running statistics (checkpointed)
+        adaptive = self.recipe.algorithm.group_filter.adaptive
+        if adaptive is not None:
+            from gdpo_megatron.algorithms.group_filter import DifficultyTracker
+
+            self.difficulty = DifficultyTracker(adaptive.window)
         self._pending_metrics: dict[str, float] = {}
         self.step = 0
         signals = (signal.SIGTERM, signal.SIGINT) if cfg.checkpoint.save_on_signal else ()
@@ -395,11 +418,17 @@ class Trainer:
         self._pending_metrics = {}
         batch = self._collect(step)
         timings["time/rollout"] = time.perf_counter() - start  # generation + rewards (+ resampling)
-        metrics = reward_metrics(batch.rewards, self.recipe.algorithm.rewards)
+        all_rollouts = reward_metrics(batch.rewards, self.recipe.algorithm.rewards)
+        metrics = dict(all_rollouts)
         metrics.update(response_length_metrics(batch, self.recipe.generation.sampling.max_new_tokens))
         metrics.update(self._pending_metrics)
+        batch = self._filter_groups(batch, metrics)  # GFPO: the metrics above saw every rollout
         train_start = time.perf_counter()
         metrics.update(self._train(batch))
+        # Same-named reward means also come from the reward runner (raw values) and the advantage
+        # stage (the trained batch: only the retained rollouts under GFPO); these, over every
+        # sampled rollout with conditions applied, are the ones logged.
+        metrics.update(all_rollouts)
         timings["time/train"] = time.perf_counter() - train_start
         metrics.update(self._refit())
         timings["time/step"] = time.perf_counter() - start

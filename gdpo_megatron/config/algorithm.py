@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
 from .errors import ConfigError, did_you_mean
+from .group_filter import GroupFilterConfig
 from .loss import LossConfig
 from .schema import Section, option
 
@@ -79,6 +80,8 @@ class AlgorithmConfig(Section):
         None, doc="add: /(std+eps); where_positive: /std only where std > 0; inside_sqrt: *rsqrt(var+eps)")
     rewards: list[RewardSpec] = option(default_factory=list, doc="the K named rewards, in column order of the reward tensor")
     loss: LossConfig = option(default_factory=LossConfig, doc="policy loss")
+    group_filter: GroupFilterConfig = option(
+        default_factory=GroupFilterConfig, doc="GFPO: train on the best k of each prompt's rollouts (off by default)")
 
     def validate(self) -> None:
         from gdpo_megatron.algorithms.advantages import ESTIMATORS
@@ -105,6 +108,10 @@ class AlgorithmConfig(Section):
             if cond.reward not in names:
                 raise ConfigError(f"rewards[{i}].condition.reward: no reward named {cond.reward!r}"
                                   f"{did_you_mean(cond.reward, names)}; rewards: {', '.join(names)}")
+        unknown = [n for n in self.group_filter.efficiency_rewards if n not in names]
+        if unknown:
+            raise ConfigError(f"group_filter.efficiency_rewards: no reward named {unknown[0]!r}"
+                              f"{did_you_mean(unknown[0], names)}; rewards: {', '.join(names)}")
         if self.rewards and all(r.weight == 0.0 for r in self.rewards):
             raise ConfigError("rewards: every reward weight is 0, so every advantage would be 0")
 

@@ -10,6 +10,7 @@ import yaml
 from .algorithm import AlgorithmConfig
 from .cluster import ClusterConfig
 from .data import DataConfig
+from .errors import ConfigError
 from .generation import GenerationConfig
 from .loader import LoadedConfig, apply_overrides, load_recipe_file
 from .policy import PolicyConfig
@@ -33,6 +34,20 @@ class RecipeConfig(Section):
     trainer: TrainerConfig = option(default_factory=TrainerConfig, doc="the RL loop")
     cluster: ClusterConfig = option(default_factory=ClusterConfig, doc="machine shape")
     warmstart: WarmstartConfig = option(default_factory=WarmstartConfig, doc="supervised warm start of a fresh model")
+
+    def validate(self) -> None:
+        group_filter = self.algorithm.group_filter
+        sampled = self.trainer.rollouts_per_prompt
+        if group_filter.enabled:
+            retained = [group_filter.retain] if group_filter.retain is not None else group_filter.adaptive.retain
+            if max(retained) > sampled:
+                raise ConfigError(f"algorithm.group_filter: keeps up to {max(retained)} rollouts per prompt but "
+                                  f"trainer.rollouts_per_prompt (G', the rollouts sampled) is {sampled}; "
+                                  f"raise rollouts_per_prompt or lower the retained k")
+            fewest = self.trainer.prompts_per_step * min(retained)
+            if self.trainer.mini_batches_per_step > fewest:
+                raise ConfigError(f"trainer.mini_batches_per_step: {self.trainer.mini_batches_per_step} exceeds the "
+                                  f"fewest rollouts a step can train on after the group filter ({fewest})")
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RecipeConfig:

@@ -47,8 +47,9 @@ class Layout:
     engine_tensor: int
     colocated: bool
     seq_length: int
-    samples_per_step: int
+    samples_per_step: int  # rollouts trained on per step (with a group filter: prompts x the largest k)
     microbatches: int
+    generated_per_step: int = 0  # rollouts sampled per step (prompts x G'); 0: same as samples_per_step
 
 
 @dataclass
@@ -110,8 +111,14 @@ def _training_layout(recipe: RecipeConfig, tensor: int, pipeline: int, data: int
 
 def _microbatches(recipe: RecipeConfig, data: int) -> int:
     trainer = recipe.trainer
-    per_rank = trainer.prompts_per_step * trainer.rollouts_per_prompt // trainer.mini_batches_per_step // max(1, data)
+    per_rank = _trained_per_step(recipe) // trainer.mini_batches_per_step // max(1, data)
     return max(1, per_rank // recipe.policy.micro_batch_size)
+
+
+def _trained_per_step(recipe: RecipeConfig) -> int:
+    """Rollouts the policy trains on per step: the group filter keeps at most k of the G' sampled."""
+    trainer = recipe.trainer
+    return trainer.prompts_per_step * recipe.algorithm.group_filter.max_retained(trainer.rollouts_per_prompt)
 
 
 def _layout_findings(recipe: RecipeConfig, arch: ModelArch, layout: Layout, per_node: int) -> list[Finding]:
@@ -181,7 +188,9 @@ def _layout_findings(recipe: RecipeConfig, arch: ModelArch, layout: Layout, per_
     mini = samples // trainer.mini_batches_per_step
     if samples % trainer.mini_batches_per_step:
         out.append(Finding("error", "trainer.mini_batches_per_step",
-                           f"{samples} rollouts per step (prompts_per_step x rollouts_per_prompt) do not split into "
+                           f"{samples} rollouts per step (prompts_per_step x "
+                           + ("the group filter's largest k" if recipe.algorithm.group_filter.enabled
+                              else "rollouts_per_prompt") + ") do not split into "
                            f"{trainer.mini_batches_per_step} mini-batches"))
     elif layout.data and mini % (layout.data * recipe.policy.micro_batch_size):
         out.append(Finding("error", "policy.micro_batch_size",
@@ -216,8 +225,8 @@ def make_plan(recipe: RecipeConfig) -> Plan:
     layout = Layout(total, policy_devices, generation_devices, par.tensor, par.pipeline, data,
                     gen.num_engines, gen.tensor_parallel, colocated,
                     recipe.data.max_prompt_tokens + gen.sampling.max_new_tokens,
-                    recipe.trainer.prompts_per_step * recipe.trainer.rollouts_per_prompt,
-                    _microbatches(recipe, data))
+                    _trained_per_step(recipe), _microbatches(recipe, data),
+                    recipe.trainer.prompts_per_step * recipe.trainer.rollouts_per_prompt)
     kind: Optional[GpuKind] = None if cpu else gpu_kind(cluster.gpu_type, cluster.gpu_memory_gib)
     plan = Plan(recipe.name, arch.name, arch.total_params(), "CPU" if cpu else kind.name,
                 None if cpu else kind.memory_gib, layout, None, None)

@@ -43,6 +43,7 @@ def summarize(path: Path, root: Path) -> RecipeRow:
     cluster, par, gen = recipe.cluster, recipe.policy.parallel, recipe.generation
     model = recipe.policy.model.hf_path or f"{recipe.policy.model.family or 'llama'} (explicit sizes)"
     algorithm = recipe.algorithm.estimator + ("" if recipe.algorithm.loss.type == "ppo" else f"+{recipe.algorithm.loss.type}")
+    algorithm += "+gfpo" if recipe.algorithm.group_filter.enabled else ""
     if cluster.gpus_per_node == 0:
         shape = f"{cluster.nodes}n x {cluster.cpu_workers} CPU workers"
     else:

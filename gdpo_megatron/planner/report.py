@@ -19,6 +19,9 @@ def format_plan(plan: Plan) -> str:
         + (f" ({plan.device_gib:.1f} GiB each)" if plan.device_gib else ""),
         f"policy   {lay.policy_devices} devices: tensor {lay.tensor} x pipeline {lay.pipeline} x data {lay.data}, "
         f"{lay.microbatches} micro-batches per mini-batch per rank, sequence {lay.seq_length} tokens",
+        f"rollouts {lay.generated_per_step or lay.samples_per_step} generated per step, "
+        f"{lay.samples_per_step} trained" + (" (after the group filter)" if lay.generated_per_step
+                                             and lay.generated_per_step != lay.samples_per_step else ""),
         f"engines  {lay.engines} x tensor {lay.engine_tensor} "
         + ("(colocated, asleep while training)" if lay.colocated else f"(separate: {lay.generation_devices} devices)"),
     ]

@@ -148,3 +148,33 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted_run(repo_root, tmp
     assert f"[resume] from step {stopped_at}" in proc.stdout
     resumed = read_metrics(cut_dir)
     assert [comparable(r) for r in resumed] == [comparable(r) for r in full]
+
+
+ADAPTIVE_GFPO = ["algorithm.group_filter.metric=length",
+                 "algorithm.group_filter.adaptive={quantiles: [0.5], retain: [3, 2], window: 12}"]
+
+
+def test_adaptive_gfpo_trains_on_retained_only_and_resumes_its_statistics(repo_root, tmp_path, initial_model):
+    full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
+    proc = run_train(repo_root, full_dir, initial_model, "trainer.max_steps=3", *ADAPTIVE_GFPO)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    full = check_run(full_dir, 3)
+    for r in full:
+        kept = r["gfpo/bucket0/groups"] * 3 + r["gfpo/bucket1/groups"] * 2
+        assert r["gfpo/bucket0/groups"] + r["gfpo/bucket1/groups"] == 8
+        # only the retained rollouts reach the policy ranks and the loss normalizer
+        assert r["samples"] == r["train/global_sequences"] == kept == r["gfpo/retained_frac"] * 8 * 4
+        assert r["gfpo/response_len/retained_mean"] <= r["response_len/mean"]
+        # reward means describe every sampled rollout (nothing is missing here, weights are 1)
+        all_sampled = sum(r[f"reward/{name}/mean"] for name in ("correct", "format", "length"))
+        assert abs(r["reward/combined/mean"] - all_sampled) < 1e-9
+    assert [r["gfpo/difficulty/window"] for r in full] == [8, 12, 12]
+
+    # stop after step 1 (a checkpoint), then extend the same run to 3 steps: the difficulty
+    # statistics come back from the run state, so steps 2 and 3 equal the uninterrupted run
+    proc = run_train(repo_root, cut_dir, initial_model, "trainer.max_steps=1", *ADAPTIVE_GFPO)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = run_train(repo_root, cut_dir, initial_model, "trainer.max_steps=3", *ADAPTIVE_GFPO)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "[resume] from step 1" in proc.stdout
+    assert [comparable(r) for r in read_metrics(cut_dir)] == [comparable(r) for r in full]

@@ -17,7 +17,8 @@ from gdpo_megatron.rewards.registry import REWARDS
 ROOT = Path(__file__).resolve().parents[2] / "recipes"
 ALL = recipe_files(ROOT)
 GPU = [p for p in ALL if p.parent.name != "tiny"]
-NAME = re.compile(r"^(?P<task>[a-z-]+?)-(?P<algorithm>gdpo|grpo)(?:-fp8)?-(?P<nodes>\d+)n(?P<devices>\d+)(?P<kind>[gc])\.yaml$")
+NAME = re.compile(r"^(?P<task>[a-z-]+?)-(?P<algorithm>gdpo|grpo)(?P<gfpo>-gfpo)?(?:-fp8)?-(?P<nodes>\d+)n(?P<devices>\d+)"
+                  r"(?P<kind>[gc])\.yaml$")
 
 
 def rel(path: Path) -> str:
@@ -54,6 +55,7 @@ def test_file_name_matches_task_algorithm_and_cluster_shape(path):
     assert (recipe.cluster.nodes, recipe.cluster.gpus_per_node) == (int(match["nodes"]), int(match["devices"]))
     assert recipe.data.task == match["task"].replace("-conditioned", "").replace("-", "_")
     assert ("-fp8-" in path.name) == (recipe.policy.precision.fp8 is not None)
+    assert bool(match["gfpo"]) == recipe.algorithm.group_filter.enabled
 
 
 def test_paper_hyperparameters_reach_the_resolved_recipes():
@@ -90,3 +92,14 @@ def test_gdpo_recipes_lists_every_recipe_with_its_shape(capsys):
     assert main(["recipes"]) == 0
     out = capsys.readouterr().out
     assert "qwen2.5-32b-instruct/math-gdpo-4n8g.yaml" in out and "TP8 PP2, vLLM 8xTP4 colocated" in out
+
+
+@pytest.mark.parametrize("gfpo", [p for p in ALL if "-gfpo-" in p.name], ids=rel)
+def test_gfpo_variant_differs_from_its_base_only_in_the_group_filter(gfpo):
+    a = to_dict(load_recipe(gfpo))
+    b = to_dict(load_recipe(gfpo.with_name(gfpo.name.replace("-gfpo-", "-"))))
+    assert a["algorithm"].pop("group_filter")["metric"] is not None
+    assert b["algorithm"].pop("group_filter")["metric"] is None
+    assert a.pop("name") == b.pop("name") + "-gfpo"
+    a["trainer"].pop("rollouts_per_prompt"), b["trainer"].pop("rollouts_per_prompt")  # G' may be larger
+    assert a == b
