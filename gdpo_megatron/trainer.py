@@ -1,11 +1,13 @@
 """The driver loop: one GDPO (or GRPO, ...) training run, resumable and observable.
 
 One step:
-  sample prompts -> generate n rollouts each (engine actor) -> score K rewards (reward
-  actor) -> [dynamic sampling: drop zero-variance groups, over-sample to refill] ->
-  [group filter (GFPO): keep each group's best k rollouts] -> shard rollouts over
-  data-parallel ranks -> on every policy rank: advantage stage over the DP group,
-  old/reference logprobs, optimizer steps -> refit the engine -> log, checkpoint.
+  sample prompts -> generate n rollouts each (prompts split in contiguous slices over the
+  engine actors) -> score K rewards (reward actor) -> [dynamic sampling: drop zero-variance
+  groups, over-sample to refill] -> [group filter (GFPO): keep each group's best k
+  rollouts] -> [colocated: engines sleep] -> shard rollouts over data-parallel ranks -> on
+  every policy rank: advantage stage over the DP group, old/reference logprobs, optimizer
+  steps -> [colocated: engines wake their weights] -> refit every engine -> [colocated:
+  engines wake their KV cache] -> log, checkpoint.
 The driver moves prompts, token ids and reward rows; per-token tensors of the whole
 batch never exist here.
 """
@@ -119,8 +121,10 @@ class Trainer:
 
         self.run_dir = RunDir.create(run_dir)
         self.workers: list = []
-        self.engine = None
+        self.engines: list = []  # one Ray actor per engine, in engine-index order
         self.rewarder = None
+        self.placement = None
+        self.worker_nodes: dict[str, str] = {}  # actor name -> node address, for failure messages
 
     # ---------------------------------------------------------------- set-up
     def _initial_model(self) -> str:
@@ -147,35 +151,101 @@ class Trainer:
                                  self.run_dir.root / "initial_model", self.recipe.seed, log=self.log))
 
     def _start_workers(self, model_path: str) -> None:
+        """One actor per engine, per policy rank and for the rewards, each where the placement plan says.
+
+        Colocated engines start (and profile their memory) first and go to sleep before any
+        policy rank allocates, so vLLM never sizes its cache against a half-built policy.
+        The policy's rendezvous is rank 0's node address and a port free on that node.
+        """
         import ray
 
-        from gdpo_megatron.orchestration.cluster import free_port, placement_for
+        from gdpo_megatron.orchestration.cluster import placement_for
+        from gdpo_megatron.orchestration.failures import get_all
         from gdpo_megatron.orchestration.generation_worker import GenerationWorker
         from gdpo_megatron.orchestration.policy_worker import PolicyWorker
         from gdpo_megatron.orchestration.reward_worker import RewardWorker
 
         data = to_dict(self.recipe)
         data["policy"]["model"]["hf_path"] = model_path
-        plan = placement_for(self.recipe)
+        self.placement = plan = placement_for(self.recipe)
+        engine_actor = ray.remote(GenerationWorker)
+        for index in range(plan.num_engines):
+            name = f"engine-{index}"
+            self.worker_nodes[name] = plan.node_of_engine(index)
+            self.engines.append(engine_actor.options(**plan.engine_options(index), name=name).remote(
+                data, model_path, plan.engine_env(index)))
+        engines_ready = [(f"engine-{i}", engine.where.remote()) for i, engine in enumerate(self.engines)]
+        if self.colocated:
+            self.engine_places = list(get_all(engines_ready, None, nodes=self.worker_nodes).values())
+            self._sleep_engines()
         world = plan.policy_world_size
-        port = free_port()
         policy_actor = ray.remote(PolicyWorker)
-        self.workers = [
-            policy_actor.options(**plan.policy_options(rank), name=f"policy-rank{rank}").remote(
-                data, rank, world, "127.0.0.1", port)
-            for rank in range(world)
-        ]
-        self.engine = ray.remote(GenerationWorker).options(**plan.engine_options(0), name="engine-0").remote(
-            data, model_path)
+        for rank in range(world):
+            name = f"policy-rank{rank}"
+            self.worker_nodes[name] = plan.node_of_policy(rank)
+            self.workers.append(policy_actor.options(**plan.policy_options(rank), name=name).remote(data, rank, world))
         self.rewarder = ray.remote(RewardWorker).options(**plan.reward_options(), name="rewards").remote(data)
+        self.worker_nodes["rewards"] = plan.node_addresses[0] if plan.node_addresses else ""
+        master_addr, master_port = get_all([("policy-rank0", self.workers[0].rendezvous_address.remote())], None,
+                                           nodes=self.worker_nodes)["policy-rank0"]
+        self.rendezvous = (master_addr, master_port)
+        setups = [(f"policy-rank{r}", w.setup.remote(master_addr, master_port)) for r, w in enumerate(self.workers)]
+        self.policy_places = list(get_all(setups, None, nodes=self.worker_nodes).values())
+        if not self.colocated:
+            self.engine_places = list(get_all(engines_ready, None, nodes=self.worker_nodes).values())
         self.layouts = ray.get([w.layout.remote() for w in self.workers])
         self.dp_size = self.layouts[0]["dp_size"]
+
+    @property
+    def colocated(self) -> bool:
+        """Engines share the policy's devices and sleep while it trains (vLLM backend only)."""
+        return self.recipe.generation.colocated and self.recipe.generation.backend == "vllm"
+
+    def _engine_calls(self, method: str, *args) -> list:
+        """Call `method` on every engine at once and wait for all (a dead one is named)."""
+        from gdpo_megatron.orchestration.failures import get_all
+
+        calls = [(f"engine-{i}", getattr(engine, method).remote(*args)) for i, engine in enumerate(self.engines)]
+        return list(get_all(calls, getattr(self, "step", None), nodes=self.worker_nodes).values())
+
+    def _log_placement(self) -> None:
+        """Where every actor runs (Ray's own report), in the log and in <run_dir>/placement.json."""
+        import json
+
+        record = {"rendezvous": {"address": self.rendezvous[0], "port": self.rendezvous[1]},
+                  "node_addresses": list(self.placement.node_addresses),
+                  "plan": self.placement.shape.to_dict(),
+                  "policy": self.policy_places, "engines": self.engine_places}
+        (self.run_dir.root / "placement.json").write_text(json.dumps(record, indent=2))
+        for name, places in (("policy-rank", self.policy_places), ("engine-", self.engine_places)):
+            for i, place in enumerate(places):
+                gpus = f" GPU {','.join(place['gpu_ids'])} (device {place['device_index']})" if place["gpu_ids"] else ""
+                self.log(f"[placement] {name}{i} on {place['node_ip']}{gpus}")
+        self.log(f"[placement] policy rendezvous at {self.rendezvous[0]}:{self.rendezvous[1]}")
+
+    def _sleep_engines(self) -> None:
+        start = time.perf_counter()
+        self._engine_calls("sleep", self.recipe.generation.sleep_level)
+        self._add_time("time/engine_sleep", time.perf_counter() - start)
+
+    def _wake_engines(self, tags: list[str]) -> None:
+        start = time.perf_counter()
+        self._engine_calls("wake", tags)
+        self._add_time("time/engine_wake", time.perf_counter() - start)
+
+    def _generate_rollouts(self, prompts: list[list[int]], seed: int, n: int | None = None) -> list:
+        """Contiguous slices of `prompts` over the engines (a function of num_engines only), results in order."""
+        from gdpo_megatron.orchestration.failures import get_all
+        from gdpo_megatron.partition import even_ranges
+
+        calls = [(f"engine-{i}", self.engines[i].generate.remote(prompts[start:end], seed, n, start))
+                 for i, (start, end) in enumerate(even_ranges(len(prompts), len(self.engines))) if end > start]
+        results = get_all(calls, self.step, nodes=self.worker_nodes)
+        return [rollout for name, _ in calls for rollout in results[name]]
 
     # ---------------------------------------------------------------- validation
     def _validate(self, step: int) -> dict[str, float]:
         """One sample per held-out prompt with the training sampling settings, scored like `gdpo eval`."""
-        import ray
-
         from gdpo_megatron.data import render_prompt
         from gdpo_megatron.evaluation import evaluate_responses
 
@@ -183,7 +253,7 @@ class Trainer:
         prompts = [self.tokenizer(render_prompt(r, self.tokenizer), add_special_tokens=False)["input_ids"]
                    for r in records]
         seed = step_seed(self.recipe.seed + 1, step)  # held-out draws never reuse training seeds
-        rollouts = ray.get(self.engine.generate.remote(prompts, seed, 1))
+        rollouts = self._generate_rollouts(prompts, seed, 1)
         result = evaluate_responses(self.recipe.data.task, records, [r.text for r in rollouts],
                                     num_tokens=[len(r.token_ids) for r in rollouts])
         return {f"val/{key}": float(value) for key, value in result.items()
@@ -198,7 +268,7 @@ class Trainer:
         prompts = [self.tokenizer(render_prompt(r, self.tokenizer), add_special_tokens=False)["input_ids"]
                    for r in records]
         start = time.perf_counter()
-        rollouts = ray.get(self.engine.generate.remote(prompts, step_seed(self.recipe.seed, step, round_)))
+        rollouts = self._generate_rollouts(prompts, step_seed(self.recipe.seed, step, round_))
         self._add_time("time/generation", time.perf_counter() - start)
         batch = StepBatch()
         for rollout in rollouts:
@@ -284,7 +354,7 @@ class Trainer:
         check_mismatch = bool(every) and self.step % every == 0
         calls = [(f"policy-rank{layout['rank']}", worker.train_on.remote(shards[layout["dp_rank"]], check_mismatch))
                  for worker, layout in zip(self.workers, self.layouts)]
-        return mean_over_ranks(list(get_all(calls, self.step).values()))
+        return mean_over_ranks(list(get_all(calls, self.step, nodes=self.worker_nodes).values()))
 
     def _refit(self) -> dict[str, float]:
         import ray
@@ -293,9 +363,19 @@ class Trainer:
         bucket_bytes = int(self.recipe.generation.refit.bucket_mb * 2**20)
         exported = ray.get([w.export_weights.remote(bucket_bytes) for w in self.workers])
         refs = [ref for per_rank in exported for ref in per_rank]
-        stats = ray.get(self.engine.update_weights.remote(refs))
+        # Every engine loads the same buckets from the object store (each node fetches them once).
+        stats = self._engine_calls("update_weights", refs)[0]
         return {"refit/bytes": float(stats["bytes"]), "refit/buckets": float(stats["buckets"]),
                 "time/refit": time.perf_counter() - start}
+
+    def _refit_engines(self) -> dict[str, float]:
+        """Refit every engine; colocated engines wake their weights first and their KV cache after."""
+        if self.colocated:
+            self._wake_engines(["weights"])
+        metrics = self._refit()
+        if self.colocated:
+            self._wake_engines(["kv_cache"])
+        return metrics
 
     # ---------------------------------------------------------------- checkpoints
     def _save(self, step: int) -> None:
@@ -373,14 +453,17 @@ class Trainer:
         self._pending_metrics: dict[str, float] = {}
         self.step = 0
         signals = (signal.SIGTERM, signal.SIGINT) if cfg.checkpoint.save_on_signal else ()
-        with RayCluster(self.run_dir.ray), GracefulStop(signals) as stop, worker_failures(lambda: self.step):
+        with RayCluster(self.run_dir.ray), GracefulStop(signals) as stop, \
+                worker_failures(lambda: self.step, nodes=self.worker_nodes):
             self._start_workers(model_path)
+            self._log_placement()
             self.step = step = self._resume(latest)
             metrics_log = MetricsLogger(self.run_dir.root, total_steps=cfg.max_steps, logging_config=cfg.logging,
                                         run_name=self.recipe.name, resume_from_step=step or None,
                                         config=to_dict(self.recipe))
             try:
-                self._refit()  # the engine serves exactly the policy's weights from the first step on
+                self._refit_engines()  # the engines serve exactly the policy's weights from the first step on
+                self._pending_metrics = {}
                 while step < cfg.max_steps and not self._epochs_done():
                     before = self._validate(step) if validation.at_start and step == 0 else {}
                     metrics = self._step(step)
@@ -423,6 +506,9 @@ class Trainer:
         metrics.update(response_length_metrics(batch, self.recipe.generation.sampling.max_new_tokens))
         metrics.update(self._pending_metrics)
         batch = self._filter_groups(batch, metrics)  # GFPO: the metrics above saw every rollout
+        self._pending_metrics = {}
+        if self.colocated:
+            self._sleep_engines()
         train_start = time.perf_counter()
         metrics.update(self._train(batch))
         # Same-named reward means also come from the reward runner (raw values) and the advantage
@@ -430,7 +516,8 @@ class Trainer:
         # sampled rollout with conditions applied, are the ones logged.
         metrics.update(all_rollouts)
         timings["time/train"] = time.perf_counter() - train_start
-        metrics.update(self._refit())
+        metrics.update(self._refit_engines())
+        metrics.update(self._pending_metrics)
         timings["time/step"] = time.perf_counter() - start
         tokens = sum(len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids))
         metrics["throughput/tokens_per_s"] = tokens / timings["time/step"]

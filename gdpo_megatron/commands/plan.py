@@ -1,4 +1,5 @@
-"""`gdpo plan RECIPE [overrides] [--json]`: layout checks and per-GPU memory; exit 1 if it does not fit."""
+"""`gdpo plan RECIPE [overrides] [--json]`: layout checks, per-GPU memory and the placement of every
+worker (the same plan the trainer reserves); exit 1 if it does not fit."""
 
 from __future__ import annotations
 
@@ -20,9 +21,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _plan(args: argparse.Namespace) -> int:
     from gdpo_megatron.planner import format_plan, make_plan
 
-    plan = make_plan(load_recipe(args.recipe, args.overrides))
+    from gdpo_megatron.orchestration.placement import PlacementError, format_placement, placement_shape
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    plan = make_plan(recipe)
+    try:
+        placement, placement_error = placement_shape(recipe), None
+    except PlacementError as exc:
+        placement, placement_error = None, str(exc)
     if args.json:
-        print(json.dumps(plan.to_dict(), indent=2))
+        out = plan.to_dict()
+        out["placement"] = placement.to_dict() if placement is not None else {"error": placement_error}
+        print(json.dumps(out, indent=2))
     else:
         print(format_plan(plan))
-    return 0 if plan.fits else 1
+        print(format_placement(placement) if placement is not None else f"placement: error: {placement_error}")
+    return 0 if plan.fits and placement is not None else 1

@@ -56,6 +56,9 @@ class GenerationConfig(Section):
     num_engines: int = option(1, ge=1, doc="number of vLLM engines; prompts are spread over them")
     tensor_parallel: int = option(1, ge=1, doc="tensor-parallel size of each engine")
     colocated: bool = option(True, doc="engines share GPUs with the policy (sleep during training); false: own GPUs")
+    sleep_level: Literal[1, 2] = option(
+        1, doc="colocated engines' vLLM sleep level while the policy trains: 1 offloads weights to host RAM and "
+               "drops the KV cache, 2 drops both (the refit after waking rewrites every weight)")
     gpu_memory_utilization: float = option(0.5, gt=0, le=1, doc="fraction of device memory an engine may use (GPU)")
     cpu_kv_cache_mb: int = option(256, ge=1, doc="KV-cache size of a vLLM CPU engine in MiB (CPU hosts only)")
     max_model_len: Optional[int] = option(None, ge=1, doc="longest prompt + response an engine accepts (null: model's)")

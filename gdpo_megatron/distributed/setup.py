@@ -6,8 +6,8 @@ Contract (other parts build on it):
     ...                                               # build_model, train, export
     destroy_distributed()                             # tears down megatron + torch groups
 
-`init_distributed` reads RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT (and LOCAL_RANK on
-GPU) from the environment unless given explicitly, picks nccl with CUDA and gloo
+`init_distributed` reads RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT (and LOCAL_RANK, the
+device index among the visible devices, on GPU) from the environment unless given explicitly, picks nccl with CUDA and gloo
 without, applies `cpu_compat` only when CUDA is absent, creates megatron's TP/PP/DP
 groups from `parallel` (DP = world / (TP*PP)), and seeds torch and megatron's RNG
 tracker (same seed on every rank; megatron offsets the tensor-parallel stream by TP rank).
@@ -60,6 +60,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def local_device(rank: int) -> int:
+    """The CUDA ordinal of this process: LOCAL_RANK (an index among its visible devices).
+
+    torchrun sets LOCAL_RANK to the rank on the node (all GPUs visible); a Ray actor sees only
+    its own GPUs, so the policy worker sets LOCAL_RANK to its GPU's position among them.
+    """
+    count = torch.cuda.device_count()
+    index = int(os.environ.get("LOCAL_RANK", rank % max(count, 1)))
+    if not 0 <= index < count:
+        raise RuntimeError(f"LOCAL_RANK={index} but this process sees {count} CUDA device(s) "
+                           f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); "
+                           "LOCAL_RANK must index the visible devices, not the global rank")
+    return index
+
+
 def init_distributed(
     parallel: ParallelConfig,
     backend: str | None = None,
@@ -84,7 +99,7 @@ def init_distributed(
     validate_world(parallel, world_size)
 
     if use_cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank % torch.cuda.device_count())))
+        torch.cuda.set_device(local_device(rank))
     else:
         cpu_compat.apply()
 

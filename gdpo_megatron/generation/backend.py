@@ -28,11 +28,11 @@ class GenerationBackend(Protocol):
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> RefitStats:
         """Replace every engine's weights with HF-named tensors; returns what moved and how long it took."""
 
-    def sleep(self) -> None:
-        """Release accelerator memory for training (colocated GPU engines); an error where meaningless."""
+    def sleep(self, level: int = 1) -> set[str]:
+        """Release the engine's memory for training (colocated engines); returns what is asleep."""
 
-    def wake(self) -> None:
-        """Undo sleep before the next generate."""
+    def wake(self, tags=None) -> set[str]:
+        """Undo sleep for `tags` ("weights", "kv_cache"; None: all) before refit/generate; returns what still sleeps."""
 
     def close(self) -> None:
         """Stop engines and free their memory."""

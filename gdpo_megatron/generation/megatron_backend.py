@@ -283,10 +283,10 @@ class MegatronBackend:
         stats.seconds = time.perf_counter() - started
         return stats
 
-    def sleep(self) -> None:
+    def sleep(self, level: int = 1) -> set[str]:
         raise RuntimeError("the megatron backend shares the policy's memory; there is nothing to put to sleep")
 
-    def wake(self) -> None:
+    def wake(self, tags=None) -> set[str]:
         raise RuntimeError("the megatron backend shares the policy's memory; there is nothing to wake")
 
     def close(self) -> None:
@@ -294,5 +294,7 @@ class MegatronBackend:
 
 
 @BACKENDS.register("megatron")
-def create_megatron_backend(recipe, model_path: str, **kwargs: Any) -> MegatronBackend:
+def create_megatron_backend(recipe, model_path: str, *, num_engines: Optional[int] = None,
+                            **kwargs: Any) -> MegatronBackend:
+    """`num_engines` (what the trainer's engine actor asks for) is always 1 for this backend."""
     return MegatronBackend(recipe, model_path, **kwargs)

@@ -49,11 +49,6 @@ def engine_options(recipe, model_path: str) -> EngineOptions:
 
 def check_placement(recipe, on_gpu: bool) -> None:
     gen = recipe.generation
-    if not on_gpu and gen.colocated:
-        raise ConfigError(
-            "generation.colocated: true means engines sleep to free GPU memory while the policy trains; "
-            "this host has no GPU. Set generation.colocated=false (the engine then runs beside the policy "
-            "in its own process or in this one)")
     if not on_gpu and gen.tensor_parallel != 1:
         raise ConfigError("generation.tensor_parallel: a CPU vLLM engine runs in one process; set it to 1")
     if not on_gpu and gen.refit.transport in ("cuda_ipc", "nccl"):
@@ -127,15 +122,15 @@ class VllmBackend:
         stats.seconds = time.perf_counter() - started
         return stats
 
-    def sleep(self) -> None:
+    def sleep(self, level: int = 1) -> set[str]:
         if self.local is None:
-            raise RuntimeError("sleep/wake is for a colocated engine in the policy's process")
-        self.local.sleep()
+            raise RuntimeError("sleep/wake is for one engine in this process (one engine actor per engine)")
+        return self.local.sleep(level)
 
-    def wake(self) -> None:
+    def wake(self, tags=None) -> set[str]:
         if self.local is None:
-            raise RuntimeError("sleep/wake is for a colocated engine in the policy's process")
-        self.local.wake()
+            raise RuntimeError("sleep/wake is for one engine in this process (one engine actor per engine)")
+        return self.local.wake(tags)
 
     def close(self) -> None:
         if self.local is not None:
@@ -147,7 +142,9 @@ class VllmBackend:
 
 
 @BACKENDS.register("vllm")
-def create_vllm_backend(recipe, model_path: str, **_: Any) -> VllmBackend:
+def create_vllm_backend(recipe, model_path: str, *, num_engines: Optional[int] = None, **_: Any) -> VllmBackend:
+    """`num_engines` overrides the recipe's: an engine actor of the trainer holds exactly one."""
     check_placement(recipe, torch.cuda.is_available())
-    return VllmBackend(engine_options(recipe, model_path), num_engines=recipe.generation.num_engines,
+    engines = recipe.generation.num_engines if num_engines is None else num_engines
+    return VllmBackend(engine_options(recipe, model_path), num_engines=engines,
                        bucket_bytes=int(recipe.generation.refit.bucket_mb * 2**20))

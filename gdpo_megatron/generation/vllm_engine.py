@@ -27,6 +27,9 @@ from .types import Rollout, SamplingSettings
 
 log = logging.getLogger(__name__)
 
+# What vLLM's sleep releases (the tags `wake_up` accepts).
+SLEEP_TAGS = ("weights", "kv_cache")
+
 
 @dataclass(frozen=True)
 class EngineOptions:
@@ -81,7 +84,7 @@ class VllmEngine:
         self.on_cpu = not torch.cuda.is_available()
         self.weight_version = 0
         self._lock = threading.Lock()
-        self._asleep = False
+        self._sleeping: set[str] = set()
         self._broken: Optional[str] = None
         # Only tear the default process group down on close if vLLM created it.
         self._owns_world = not torch.distributed.is_initialized()
@@ -102,6 +105,10 @@ class VllmEngine:
         )
         if self.in_process:
             kwargs["distributed_executor_backend"] = "external_launcher"
+        else:
+            # One Ray worker per tensor-parallel rank, in the bundles VLLM_RAY_BUNDLE_INDICES
+            # names (the engine actor sets it from the placement plan).
+            kwargs["distributed_executor_backend"] = "ray"
         if options.max_model_len is not None:
             kwargs["max_model_len"] = options.max_model_len
         if self.on_cpu:
@@ -187,8 +194,8 @@ class VllmEngine:
                 yield name, tensor
 
         with self._lock:
-            if self._asleep:
-                raise RuntimeError("engine is asleep: wake(tags=['weights']) before loading weights")
+            if "weights" in self._sleeping:
+                raise RuntimeError("engine weights are asleep: wake(tags=['weights']) before loading weights")
             try:
                 if self.in_process:
                     self._model_runner().reload_weights(weights_iterator=counting())
@@ -207,20 +214,40 @@ class VllmEngine:
         return counted["tensors"], counted["bytes"]
 
     # ------------------------------------------------------------------ memory
-    def sleep(self) -> None:
-        """Free GPU memory (weights offloaded, KV cache dropped) while the policy trains."""
-        if self.on_cpu:
-            raise RuntimeError("sleep/wake frees GPU memory; a CPU engine has none to free")
-        with self._lock:
-            self.llm.sleep(level=1)
-            self._asleep = True
+    def sleep(self, level: int = 1) -> set[str]:
+        """Release the engine's memory while the policy trains; returns vLLM's sleeping tags.
 
-    def wake(self) -> None:
-        if self.on_cpu:
-            raise RuntimeError("sleep/wake frees GPU memory; a CPU engine has none to free")
+        Level 1 offloads the weights to host RAM and drops the KV cache; level 2 drops both
+        (the next refit rewrites every weight). On GPU this needs `enable_sleep_mode`. The
+        CPU build has no sleep mode: vLLM still pauses scheduling, drops the prefix cache and
+        records the sleeping tags, but its CPU worker frees no memory.
+        """
         with self._lock:
-            self.llm.wake_up()
-            self._asleep = False
+            self.llm.sleep(level=level)
+            self._sleeping = set(SLEEP_TAGS)
+            return self.sleeping_tags()
+
+    def wake(self, tags: Optional[Iterable[str]] = None) -> set[str]:
+        """Reallocate `tags` ("weights", "kv_cache"; None: all); returns the tags still asleep.
+
+        Waking the weights first, refitting, then waking the KV cache keeps the peak at weights
+        plus one bucket during the refit.
+        """
+        with self._lock:
+            wanted = None if tags is None else [t for t in tags if t in self._sleeping]
+            if wanted is None or wanted:
+                self.llm.wake_up(tags=wanted)
+            self._sleeping -= set(SLEEP_TAGS if wanted is None else wanted)
+            return self.sleeping_tags()
+
+    def sleeping_tags(self) -> set[str]:
+        """vLLM's own record of what is asleep (its executor's `sleeping_tags`)."""
+        executor = self.llm.llm_engine.model_executor
+        return set(getattr(executor, "sleeping_tags", self._sleeping))
+
+    @property
+    def _asleep(self) -> bool:
+        return bool(self._sleeping)
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)

@@ -4,10 +4,10 @@
   launcher starts Ray on the allocation and exports it) the driver joins that cluster;
   otherwise it starts a private local one whose temp/session files live under the run
   directory, never in $HOME or /tmp/ray.
-- `placement_for(recipe)`: one placement group shaped by the recipe's `cluster` section,
-  with a bundle per policy worker (a GPU on GPU hosts, a CPU slot on CPU hosts), bundles
-  for generation engines that are not colocated, and one for the reward worker. The
-  returned plan hands out the actor `.options(...)` of each worker.
+- `placement_for(recipe)`: the plan of `placement.placement_shape(recipe)` reserved as one
+  placement group whose bundles are pinned to Ray nodes (node index i of the plan = the
+  i-th Ray node: the head first, then by address). The returned plan hands out the actor
+  `.options(...)` of each worker and the node address each one runs on.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .placement import PlacementError, PlacementShape, placement_shape  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ class ClusterError(RuntimeError):
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free now (for the torch.distributed rendezvous)."""
+    """A TCP port free on `host` now (the torch.distributed rendezvous asks rank 0's node for one)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
@@ -163,110 +165,98 @@ def _refresh_ray_auth_settings() -> None:
     AuthenticationTokenLoader.instance().reset_cache()
 
 
-@dataclass(frozen=True)
-class PlacementShape:
-    """Bundles of one run, derived from the recipe only (pure; testable without Ray)."""
-
-    use_gpus: bool
-    policy_world_size: int
-    engine_bundles: int      # 0 when engines are colocated with the policy
-    engines: int
-    engine_tensor_parallel: int
-    colocated: bool
-    nodes: int
-
-    @property
-    def bundles(self) -> list[dict[str, float]]:
-        device = {"CPU": 1.0, "GPU": 1.0} if self.use_gpus else {"CPU": 1.0}
-        if self.use_gpus and self.colocated:
-            # The policy rank and a colocated engine share the bundle's GPU and need a CPU each.
-            device = {"CPU": 2.0, "GPU": 1.0}
-        policy = [dict(device) for _ in range(self.policy_world_size)]
-        engines = [dict(device) for _ in range(self.engine_bundles)]
-        rewards = [{"CPU": 1.0}]
-        return policy + engines + rewards
-
-    @property
-    def reward_bundle(self) -> int:
-        return self.policy_world_size + self.engine_bundles
+# A bundle asks for this much of Ray's per-node resource `node:<address>`, which pins it to
+# that node without using up anything real.
+NODE_PIN = 0.001
 
 
-def placement_shape(recipe: Any) -> PlacementShape:
-    """Map `cluster`, `generation` and `policy.parallel` to bundle counts, with clear errors."""
-    cluster, generation, parallel = recipe.cluster, recipe.generation, recipe.policy.parallel
-    use_gpus = cluster.gpus_per_node > 0
-    devices = cluster.nodes * (cluster.gpus_per_node if use_gpus else cluster.cpu_workers)
-    engine_devices = generation.num_engines * generation.tensor_parallel
-    colocated = generation.colocated or not use_gpus
-    if colocated:
-        # On CPU hosts engines always take their own slot; "colocated" is about GPUs.
-        world, engine_bundles = devices, (0 if use_gpus else generation.num_engines)
-    else:
-        world, engine_bundles = devices - engine_devices, engine_devices
-        if world < 1:
-            raise ClusterError(
-                f"generation: {generation.num_engines} engines x tensor_parallel {generation.tensor_parallel} "
-                f"use all {devices} GPUs of cluster ({cluster.nodes} nodes x {cluster.gpus_per_node}); "
-                "leave GPUs for the policy or set generation.colocated=true")
-    model_parallel = parallel.tensor * parallel.pipeline
-    if world % model_parallel:
+def ray_node_addresses(count: int, gpus_per_node: int = 0) -> list[str]:
+    """Addresses of the Ray nodes that play node 0..count-1 of the plan: the head first, then by address.
+
+    Only alive nodes with at least `gpus_per_node` GPUs count; two Ray nodes with one
+    address cannot be told apart by `node:<address>`, so that is refused.
+    """
+    import ray
+
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    usable = [n for n in alive if n.get("Resources", {}).get("GPU", 0) >= gpus_per_node]
+    usable.sort(key=lambda n: ("node:__internal_head__" not in n.get("Resources", {}), n["NodeManagerAddress"]))
+    addresses = [n["NodeManagerAddress"] for n in usable]
+    if len(addresses) < count:
+        seen = ", ".join(f"{n['NodeManagerAddress']} ({n.get('Resources', {}).get('GPU', 0):g} GPUs)" for n in alive)
         raise ClusterError(
-            f"policy.parallel: tensor {parallel.tensor} x pipeline {parallel.pipeline} = {model_parallel} does not "
-            f"divide the {world} policy workers (cluster.nodes x "
-            f"{'gpus_per_node' if use_gpus else 'cpu_workers'}{'' if colocated else ' minus engine GPUs'})")
-    if use_gpus and colocated and engine_devices > world:
-        raise ClusterError(
-            f"generation: colocated engines need {engine_devices} GPUs, the policy has {world}")
-    return PlacementShape(use_gpus=use_gpus, policy_world_size=world, engine_bundles=engine_bundles,
-                          engines=generation.num_engines, engine_tensor_parallel=generation.tensor_parallel,
-                          colocated=colocated, nodes=cluster.nodes)
+            f"cluster.nodes is {count} (x {gpus_per_node} GPUs) but the Ray cluster has {len(addresses)} such "
+            f"node(s): {seen or 'none'}; check the allocation or the recipe's cluster section")
+    chosen = addresses[:count]
+    if len(set(chosen)) != len(chosen):
+        raise ClusterError(f"Ray nodes {chosen} share an address; each node of a run needs its own")
+    return chosen
 
 
 @dataclass
 class PlacementPlan:
-    """A ready placement group and the actor options of every worker in it."""
+    """The plan bound to Ray: a ready placement group, the node addresses, and every actor's options."""
 
     shape: PlacementShape
     group: Any = field(repr=False)
+    node_addresses: list[str] = field(default_factory=list)
 
     @property
     def policy_world_size(self) -> int:
         return self.shape.policy_world_size
+
+    @property
+    def num_engines(self) -> int:
+        return self.shape.engines
 
     def _options(self, bundle: int, num_cpus: float, num_gpus: float) -> dict[str, Any]:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         strategy = PlacementGroupSchedulingStrategy(
             placement_group=self.group, placement_group_bundle_index=bundle,
-            # Engines with tensor_parallel > 1 start their own Ray workers (vLLM's Ray
-            # executor); capturing the group keeps them inside this run's reservation.
+            # vLLM's Ray executor (tensor_parallel > 1) starts its workers from the engine
+            # actor; capturing the group keeps them inside this run's reservation.
             placement_group_capture_child_tasks=True)
         return {"num_cpus": num_cpus, "num_gpus": num_gpus, "scheduling_strategy": strategy}
 
     def policy_options(self, rank: int) -> dict[str, Any]:
         if not 0 <= rank < self.policy_world_size:
             raise IndexError(f"policy rank {rank} outside world size {self.policy_world_size}")
-        gpus = (0.5 if self.shape.colocated else 1.0) if self.shape.use_gpus else 0.0
-        return self._options(rank, 1.0, gpus)
+        slot = self.shape.policy[rank]
+        return self._options(slot.bundle, 1.0, slot.num_gpus)
 
     def engine_options(self, index: int) -> dict[str, Any]:
         if not 0 <= index < self.shape.engines:
             raise IndexError(f"engine {index} outside num_engines {self.shape.engines}")
-        if self.shape.use_gpus and self.shape.colocated:
-            # Shares the GPU of the first policy rank of its tensor-parallel slice.
-            return self._options(index * self.shape.engine_tensor_parallel, 1.0, 0.5)
-        if self.shape.use_gpus:
-            bundle = self.policy_world_size + index * self.shape.engine_tensor_parallel
-            return self._options(bundle, 1.0, 1.0)
-        return self._options(self.policy_world_size + index, 1.0, 0.0)
+        slot = self.shape.engine_slots[index]
+        return self._options(slot.bundles[0], 1.0, slot.num_gpus)
+
+    def engine_env(self, index: int) -> dict[str, str]:
+        return self.shape.engine_slots[index].vllm_env()
 
     def reward_options(self) -> dict[str, Any]:
         return self._options(self.shape.reward_bundle, 1.0, 0.0)
+
+    def node_of_policy(self, rank: int) -> str:
+        return self.node_addresses[self.shape.policy[rank].node] if self.node_addresses else ""
+
+    def node_of_engine(self, index: int) -> str:
+        return self.node_addresses[self.shape.engine_slots[index].node] if self.node_addresses else ""
 
     def remove(self) -> None:
         from ray.util import remove_placement_group
 
         remove_placement_group(self.group)
+
+
+def pinned_bundles(shape: PlacementShape, node_addresses: list[str]) -> list[dict[str, float]]:
+    """The shape's bundles, each also asking for its node's `node:<address>` resource."""
+    out = []
+    for bundle in shape.bundle_list:
+        resources = bundle.resources()
+        resources[f"node:{node_addresses[bundle.node]}"] = NODE_PIN
+        out.append(resources)
+    return out
 
 
 def create_placement_group(bundles: list[dict[str, float]], *, name: str = "",
@@ -294,9 +284,9 @@ def create_placement_group(bundles: list[dict[str, float]], *, name: str = "",
 
 
 def placement_for(recipe: Any, *, timeout_s: float = PLACEMENT_TIMEOUT_S) -> PlacementPlan:
-    """Reserve the run's resources (Ray must be initialized) and return the worker options."""
+    """Reserve the run's resources (Ray must be initialized): the shape's bundles, each on its node."""
     shape = placement_shape(recipe)
-    # PACK fills nodes in order, so consecutive policy ranks (a TP group) share a node.
-    group = create_placement_group(shape.bundles, name=f"gdpo-{getattr(recipe, 'name', 'run')}",
+    addresses = ray_node_addresses(shape.nodes, recipe.cluster.gpus_per_node)
+    group = create_placement_group(pinned_bundles(shape, addresses), name=f"gdpo-{getattr(recipe, 'name', 'run')}",
                                    strategy="PACK", timeout_s=timeout_s)
-    return PlacementPlan(shape, group)
+    return PlacementPlan(shape, group, addresses)

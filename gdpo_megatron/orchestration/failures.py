@@ -3,8 +3,9 @@
 A dead Ray actor (process crash, OOM kill, lost node) surfaces in the driver as a
 RayActorError subclass with a multi-line system message; an exception inside a worker
 as a RayTaskError wrapping the remote traceback. Both become `WorkerFailure`, whose
-message names the worker (its Ray actor name, e.g. `policy-rank1`) and the training
-step, and says that the run resumes from the last complete checkpoint.
+message names the worker (its Ray actor name, e.g. `policy-rank1`), the node it ran on
+(the address in Ray's report, else the one the trainer recorded at start-up) and the
+training step, and says that the run resumes from the last complete checkpoint.
 """
 
 from __future__ import annotations
@@ -16,19 +17,23 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 _NAME = re.compile(r"^\s*name: (?P<name>\S+)\s*$", re.MULTILINE)
 _CLASS = re.compile(r"^\s*class_name: (?P<name>\S+)\s*$", re.MULTILINE)
 _PID = re.compile(r"^\s*pid: (?P<pid>\d+)\s*$", re.MULTILINE)
+_IP = re.compile(r"^\s*ip: (?P<ip>\S+)\s*$", re.MULTILINE)
+_TASK_IP = re.compile(r"\bip=(?P<ip>[0-9a-fA-F.:]+)")
 
 
 class WorkerFailure(RuntimeError):
     def __init__(self, worker: str, step: int | None, kind: str, detail: str,
-                 checkpoint_hint: str = "the last complete checkpoint") -> None:
+                 checkpoint_hint: str = "the last complete checkpoint", node: str | None = None) -> None:
         self.worker = worker
+        self.node = node
         self.step = step
         self.kind = kind  # "died" (process gone) or "raised" (exception inside the worker)
         self.detail = detail
         when = f"during step {step}" if step is not None else "before the first step"
         what = "died" if kind == "died" else "failed"
+        where = f" on node {node}" if node else ""
         super().__init__(
-            f"worker {worker} {what} {when}: {detail}\n"
+            f"worker {worker}{where} {what} {when}: {detail}\n"
             f"The run stopped. Rerun the same command to resume from {checkpoint_hint} "
             "(trainer.resume=auto); steps after it are recomputed.")
 
@@ -45,8 +50,13 @@ def _actor_death_detail(message: str) -> str:
 
 
 def as_worker_failure(exc: BaseException, step: int | None, worker: str | None = None,
-                      checkpoint_hint: str = "the last complete checkpoint") -> WorkerFailure | None:
-    """The WorkerFailure for a Ray error, or None when `exc` is not a worker failure."""
+                      checkpoint_hint: str = "the last complete checkpoint",
+                      nodes: Mapping[str, str] | None = None) -> WorkerFailure | None:
+    """The WorkerFailure for a Ray error, or None when `exc` is not a worker failure.
+
+    `nodes` maps worker names to node addresses, for errors whose report carries none.
+    """
+    nodes = nodes or {}
     from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
 
     if isinstance(exc, WorkerFailure):
@@ -57,9 +67,12 @@ def as_worker_failure(exc: BaseException, step: int | None, worker: str | None =
         klass = _CLASS.search(message)
         worker = worker or (name.group("name") if name else None) or (
             f"{klass.group('name')} (actor {exc.actor_id})" if klass else f"actor {exc.actor_id}")
-        return WorkerFailure(worker, step, "died", _actor_death_detail(message), checkpoint_hint)
+        ip = _IP.search(message)
+        node = ip.group("ip") if ip else nodes.get(worker)
+        return WorkerFailure(worker, step, "died", _actor_death_detail(message), checkpoint_hint, node)
     if isinstance(exc, WorkerCrashedError):
-        return WorkerFailure(worker or "a Ray worker", step, "died", str(exc).strip(), checkpoint_hint)
+        worker = worker or "a Ray worker"
+        return WorkerFailure(worker, step, "died", str(exc).strip(), checkpoint_hint, nodes.get(worker))
     if isinstance(exc, RayTaskError):
         # The exception the driver sees is a RayTaskError subclass proxying the remote
         # cause; the call site (function, pid, actor id) is only in its message header.
@@ -71,7 +84,9 @@ def as_worker_failure(exc: BaseException, step: int | None, worker: str | None =
         where = f"in {function}" + (f", pid {header.group('pid')}" if header else "")
         actor_id = _ACTOR_ID.search(text)
         worker = worker or (_actor_name(actor_id.group(1)) if actor_id else None) or function
-        return WorkerFailure(worker, step, "raised", f"{summary} ({where})", checkpoint_hint)
+        ip = _TASK_IP.search(header.group(0) if header else "") or _TASK_IP.search(text)
+        node = ip.group("ip") if ip else nodes.get(worker)
+        return WorkerFailure(worker, step, "raised", f"{summary} ({where})", checkpoint_hint, node)
     return None
 
 
@@ -92,22 +107,26 @@ def _actor_name(actor_id: str) -> str | None:
 
 @contextmanager
 def worker_failures(current_step: Callable[[], int | None] | int | None = None,
-                    checkpoint_hint: str = "the last complete checkpoint") -> Iterator[None]:
-    """Turn Ray worker errors raised inside the block into WorkerFailure (chained to the original)."""
+                    checkpoint_hint: str = "the last complete checkpoint",
+                    nodes: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Turn Ray worker errors raised inside the block into WorkerFailure (chained to the original).
+
+    `nodes` (worker name -> node address) may be filled while the block runs.
+    """
     try:
         yield
     except WorkerFailure:
         raise
     except Exception as exc:  # noqa: BLE001 - everything that is not a worker failure re-raises as is
         step = current_step() if callable(current_step) else current_step
-        failure = as_worker_failure(exc, step, checkpoint_hint=checkpoint_hint)
+        failure = as_worker_failure(exc, step, checkpoint_hint=checkpoint_hint, nodes=nodes)
         if failure is None:
             raise
         raise failure from exc
 
 
 def get_all(named_refs: Mapping[str, Any] | Sequence[tuple[str, Any]], step: int | None,
-            timeout_s: float | None = None) -> dict[str, Any]:
+            timeout_s: float | None = None, nodes: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Results of several workers' calls, failing fast on the first worker that fails.
 
     `ray.get(list)` can wait forever on a healthy rank stuck in a collective with a dead
@@ -124,7 +143,8 @@ def get_all(named_refs: Mapping[str, Any] | Sequence[tuple[str, Any]], step: int
     while pending:
         done, pending = ray.wait(pending, num_returns=1, timeout=timeout_s)
         if not done:
-            names = ", ".join(name_of[r] for r in pending)
+            names = ", ".join(name_of[r] + (f" (node {nodes[name_of[r]]})" if nodes and name_of[r] in nodes else "")
+                              for r in pending)
             raise WorkerFailure(names, step, "died", f"no answer within {timeout_s:.0f}s (hung or unreachable)")
         ref = done[0]
         try:
@@ -132,7 +152,7 @@ def get_all(named_refs: Mapping[str, Any] | Sequence[tuple[str, Any]], step: int
         except GetTimeoutError:  # pragma: no cover - ray.wait said it is ready
             raise
         except Exception as exc:  # noqa: BLE001
-            failure = as_worker_failure(exc, step, worker=name_of[ref])
+            failure = as_worker_failure(exc, step, worker=name_of[ref], nodes=nodes)
             if failure is None:
                 raise
             raise failure from exc

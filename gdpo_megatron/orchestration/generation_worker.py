@@ -1,33 +1,58 @@
-"""The rollout engine as a Ray actor: generation plus weight refit from object-store buckets."""
+"""One rollout engine as a Ray actor: generation, weight refit from object-store buckets, sleep/wake.
+
+The trainer starts one such actor per engine (`engine-<i>`), each in the bundle(s) the
+placement plan gives it. With tensor_parallel > 1 on GPUs the actor holds no GPU itself;
+`vllm_env` tells vLLM's Ray executor which of the run's bundles its workers go to.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import time
 
 import torch
 
 
 class GenerationWorker:
-    def __init__(self, recipe_data: dict, model_path: str) -> None:
+    def __init__(self, recipe_data: dict, model_path: str, vllm_env: dict | None = None) -> None:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
         # vLLM logs several INFO lines per refit and warns that RoPE buffers are not in the
         # weight stream (they are computed, not loaded); both drown the progress line.
         # Export VLLM_LOGGING_LEVEL=INFO to see everything.
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+        os.environ.update(vllm_env or {})
         from gdpo_megatron.config.recipe import RecipeConfig
         from gdpo_megatron.config.schema import build
         from gdpo_megatron.generation import create_backend
+        from gdpo_megatron.orchestration.devices import current_placement
 
         self.recipe = build(RecipeConfig, recipe_data)
-        self.backend = create_backend(self.recipe, model_path)
+        self.placement = current_placement()
+        self.backend = create_backend(self.recipe, model_path, num_engines=1)
 
-    def generate(self, prompt_token_ids: list[list[int]], seed: int, n: int | None = None) -> list:
-        """`n` rollouts per prompt (default: trainer.rollouts_per_prompt) with the recipe's sampling."""
+    def where(self) -> dict:
+        """Node, GPU ids and device index of this engine actor (after its engine is ready)."""
+        return self.placement.to_dict()
+
+    def generate(self, prompt_token_ids: list[list[int]], seed: int, n: int | None = None,
+                 first_index: int = 0) -> list:
+        """`n` rollouts per prompt (default: trainer.rollouts_per_prompt) with the recipe's sampling.
+
+        The prompts are `first_index, first_index + 1, ...` of the step's batch: seeds and the
+        returned `prompt_index` are those global indices, so how the batch is split over
+        engines does not change any sample.
+        """
         from gdpo_megatron.generation import sampling_from_config
 
         sampling = sampling_from_config(self.recipe.generation.sampling, n=n or self.recipe.trainer.rollouts_per_prompt,
                                         seed=seed)
-        return self.backend.generate(prompt_token_ids, sampling)
+        if first_index and sampling.seed is not None:
+            sampling = dataclasses.replace(sampling, seed=sampling.seed_for(first_index))
+        rollouts = self.backend.generate(prompt_token_ids, sampling)
+        if first_index:
+            rollouts = [dataclasses.replace(r, prompt_index=r.prompt_index + first_index) for r in rollouts]
+        return rollouts
 
     def update_weights(self, bucket_refs: list) -> dict:
         import ray
@@ -38,6 +63,23 @@ class GenerationWorker:
 
         stats = self.backend.update_weights(stream())
         return {"bytes": stats.bytes, "seconds": stats.seconds, "buckets": len(bucket_refs)}
+
+    def sleep(self, level: int) -> dict:
+        """Release memory for the policy's training phase; returns seconds and what vLLM reports asleep."""
+        start = time.perf_counter()
+        sleeping = self.backend.sleep(level)
+        return {"seconds": time.perf_counter() - start, "sleeping": sorted(sleeping), **self._memory()}
+
+    def wake(self, tags: list[str] | None = None) -> dict:
+        start = time.perf_counter()
+        sleeping = self.backend.wake(tags)
+        return {"seconds": time.perf_counter() - start, "sleeping": sorted(sleeping), **self._memory()}
+
+    def _memory(self) -> dict:
+        if not torch.cuda.is_available():
+            return {}
+        free, total = torch.cuda.mem_get_info()
+        return {"device_used_bytes": total - free}
 
     def close(self) -> None:
         self.backend.close()

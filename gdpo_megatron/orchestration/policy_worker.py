@@ -17,19 +17,43 @@ from gdpo_megatron.rollout_batch import RolloutShard
 
 
 class PolicyWorker:
-    def __init__(self, recipe_data: dict, rank: int, world_size: int, master_addr: str, master_port: int) -> None:
-        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                          MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
-        torch.set_num_threads(1)
+    """Created without touching torch.distributed; `setup` joins the group once rank 0's address is known."""
+
+    def __init__(self, recipe_data: dict, rank: int, world_size: int) -> None:
         from gdpo_megatron.config.recipe import RecipeConfig
         from gdpo_megatron.config.schema import build
+        from gdpo_megatron.orchestration.devices import current_placement
+
+        torch.set_num_threads(1)
+        self.rank = rank
+        self.world_size = world_size
+        self.recipe = build(RecipeConfig, recipe_data)
+        self.placement = current_placement()
+        self.policy = None
+
+    def where(self) -> dict:
+        """Node, GPU ids and the device index this rank selects (as Ray assigned them)."""
+        return {"rank": self.rank, **self.placement.to_dict()}
+
+    def rendezvous_address(self) -> tuple[str, int]:
+        """(this node's address, a port free on it): asked of global rank 0 only."""
+        from gdpo_megatron.orchestration.cluster import free_port
+
+        return self.placement.node_ip, free_port(self.placement.node_ip)
+
+    def setup(self, master_addr: str, master_port: int) -> dict:
+        """Join the torch.distributed group at rank 0's address, build the model; returns `where()`."""
+        # LOCAL_RANK is the CUDA ordinal among this actor's visible devices (init_distributed
+        # selects it); with Ray that is the position of the assigned GPU, not the global rank.
+        local = self.placement.device_index if self.placement.device_index is not None else 0
+        os.environ.update(RANK=str(self.rank), WORLD_SIZE=str(self.world_size), LOCAL_RANK=str(local),
+                          MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
         from gdpo_megatron.distributed.setup import init_distributed
         from gdpo_megatron.policy.policy import MegatronPolicy
 
-        self.rank = rank
-        self.recipe = build(RecipeConfig, recipe_data)
         self.parallel_state = init_distributed(self.recipe.policy.parallel)
         self.policy = MegatronPolicy(self.recipe)
+        return self.where()
 
     def layout(self) -> dict[str, int]:
         """This rank's place in the layout (the driver routes shards by dp_rank)."""
@@ -69,6 +93,10 @@ class PolicyWorker:
         metrics.update({f"train/{name}": value for name, value in trained.items()})
         metrics.update(timings)
         metrics["memory/policy_rss_gb"] = rss_gb()
+        if torch.cuda.is_available():
+            # Hand the activations' cached blocks back to the driver: colocated engines wake into
+            # that memory (the planner counts only the policy's resident state during generation).
+            torch.cuda.empty_cache()
         if check_mismatch and shard.engine_logprobs:
             engine = batch.pad_response_values(shard.engine_logprobs)
             for key, value in generation_mismatch(engine, batch.old_logprobs, batch.response_mask).items():

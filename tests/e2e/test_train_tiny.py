@@ -1,6 +1,6 @@
 """End to end: `gdpo train` on the tiny recipe with real Ray, megatron-core (gloo) and vLLM (CPU build).
 
-One warm-started model is shared by every run of this module; each run is a real
+One warm-started model (tests/e2e/conftest.py) is shared by every run; each run is a real
 `gdpo train` subprocess, so Ray, the engine and the policy ranks start and stop as
 they do for users.
 """
@@ -26,23 +26,6 @@ RECIPE = "recipes/tiny/synthetic-gdpo-1n2c.yaml"
 SMALL = ["trainer.prompts_per_step=8", "trainer.rollouts_per_prompt=4", "generation.sampling.max_new_tokens=24",
          "trainer.checkpoint.every_steps=1", "trainer.checkpoint.keep_last=2"]
 TIMING_PREFIXES = ("time/", "throughput/", "memory/", "reward_time_s", "refit/seconds", "wall")
-
-
-@pytest.fixture(scope="module")
-def initial_model(tmp_path_factory, repo_root):
-    """A briefly warm-started tiny model (50 steps are enough to produce the answer format)."""
-    from gdpo_megatron.config import load_recipe
-    from gdpo_megatron.data import render_prompt
-    from gdpo_megatron.data.synthetic import build_tokenizer, warmstart_examples
-    from gdpo_megatron.warmstart import Demonstration, run_warmstart
-
-    recipe = load_recipe(repo_root / RECIPE, ["warmstart.steps=60"])
-    tokenizer = build_tokenizer()
-    demos = [Demonstration(render_prompt(e["record"], tokenizer), e["response"])
-             for e in warmstart_examples(2000, recipe.seed)]
-    out = tmp_path_factory.mktemp("initial") / "model"
-    run_warmstart(recipe.policy.model, recipe.warmstart, tokenizer, demos, out, recipe.seed, log=lambda _: None)
-    return out
 
 
 def train_command(run_dir: Path, model: Path, *extra: str) -> list[str]:

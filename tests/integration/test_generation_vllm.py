@@ -151,10 +151,22 @@ def test_refit_switches_weights_atomically_and_round_trips(tiny_model, backend):
     assert [r.token_ids for r in backend.generate(PROMPTS, greedy)] == [r.token_ids for r in before]
 
 
-def test_cpu_host_refuses_colocated_sleep_mode(tiny_model):
-    from gdpo_megatron.config.errors import ConfigError
-
+def test_sleep_wake_bookkeeping_cpu_build_without_sleep_mode(backend, tiny_model):
+    """The CPU build has no sleep mode (its worker frees nothing), but LLM.sleep / wake_up run through
+    vLLM: the executor records the sleeping tags, and the engine refuses work its state forbids."""
     if torch.cuda.is_available():
-        pytest.skip("the refusal is for hosts without a GPU")
-    with pytest.raises(ConfigError, match="generation.colocated"):
-        create_backend(build(RecipeConfig, {"generation": {"colocated": True}}), str(tiny_model[0]))
+        pytest.skip("on a GPU the same calls free memory; the GPU smoke suite covers them")
+    path, model = tiny_model
+    greedy = SamplingSettings(n=1, temperature=0.0, max_new_tokens=6)
+    before = [r.token_ids for r in backend.generate(PROMPTS, greedy)]
+    assert backend.sleep(1) == {"weights", "kv_cache"}
+    with pytest.raises(RuntimeError, match="asleep"):
+        backend.generate(PROMPTS, greedy)
+    with pytest.raises(RuntimeError, match="wake\\(tags=\\['weights'\\]\\)"):
+        backend.update_weights(iter(model.state_dict().items()))
+    assert backend.wake(["weights"]) == {"kv_cache"}
+    backend.update_weights(iter(model.state_dict().items()))  # refit with the weights awake, KV still asleep
+    with pytest.raises(RuntimeError, match="asleep"):
+        backend.generate(PROMPTS, greedy)
+    assert backend.wake(["kv_cache"]) == set()
+    assert [r.token_ids for r in backend.generate(PROMPTS, greedy)] == before

@@ -73,12 +73,16 @@ def test_local_cluster_files_live_under_the_run_dir(cluster):
 
 def test_placement_group_with_cpu_bundles_places_each_worker(cluster):
     recipe = SimpleNamespace(name="shape", cluster=ClusterConfig(nodes=1, gpus_per_node=0, cpu_workers=2),
-                             generation=GenerationConfig(num_engines=1), policy=SimpleNamespace(parallel=ParallelConfig()))
+                             generation=GenerationConfig(num_engines=1, colocated=False),
+                             policy=SimpleNamespace(parallel=ParallelConfig()))
     plan = placement_for(recipe, timeout_s=30)
     try:
         table = ray.util.placement_group_table(plan.group)
         assert table["state"] == "CREATED"
-        assert list(table["bundles"].values()) == [{"CPU": 1.0}] * 4
+        node = ray.util.get_node_ip_address()
+        assert plan.node_addresses == [node]
+        # Every bundle is pinned to its node by a sliver of Ray's per-node resource.
+        assert list(table["bundles"].values()) == [{"CPU": 1.0, f"node:{node}": 0.001}] * 4
 
         @ray.remote
         class Where:
@@ -129,16 +133,17 @@ def test_dead_worker_is_named_with_step_and_resume_hint(cluster):
         get_all([("policy-rank0", healthy.hang.remote(60)), ("policy-rank1", dying.crash.remote())], step=7)
     assert time.monotonic() - started < 30
     failure = caught.value
-    assert (failure.worker, failure.step, failure.kind) == ("policy-rank1", 7, "died")
+    node = ray.util.get_node_ip_address()
+    assert (failure.worker, failure.node, failure.step, failure.kind) == ("policy-rank1", node, 7, "died")
     text = str(failure)
     print(text)  # shown with -s: what a user reads
-    assert text.startswith("worker policy-rank1 died during step 7: ")
+    assert text.startswith(f"worker policy-rank1 on node {node} died during step 7: ")
     assert "Rerun the same command to resume from the last complete checkpoint" in text
 
     # A call to the now-dead actor through plain ray.get inside the context manager:
     # the name comes from Ray's own death report.
     step = 9
-    with pytest.raises(WorkerFailure, match=r"^worker policy-rank1 died during step 9: ") as again:
+    with pytest.raises(WorkerFailure, match=rf"^worker policy-rank1 on node {node} died during step 9: ") as again:
         with worker_failures(lambda: step, checkpoint_hint="checkpoints/step-8"):
             ray.get(dying.ok.remote())
     assert "resume from checkpoints/step-8" in str(again.value)
@@ -148,7 +153,9 @@ def test_dead_worker_is_named_with_step_and_resume_hint(cluster):
 
 def test_exception_inside_worker_and_other_errors(cluster):
     worker = _Rank.options(name="rewards").remote()
-    with pytest.raises(WorkerFailure, match=r"^worker rewards failed during step 2: ValueError: loss is a string \(in _Rank.fail, pid \d+\)"):
+    node = ray.util.get_node_ip_address()
+    with pytest.raises(WorkerFailure, match=rf"^worker rewards on node {node} failed during step 2: ValueError: loss is "
+                                            r"a string \(in _Rank.fail, pid \d+\)"):
         with worker_failures(2):
             ray.get(worker.fail.remote())
     with pytest.raises(KeyError):  # not a worker failure: passes through untouched

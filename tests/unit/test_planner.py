@@ -218,3 +218,20 @@ def test_gdpo_plan_prints_table_json_and_exits_1_with_the_reason(capsys):
     assert main(["plan", str(LLAMA_8B), "policy.parallel.tensor=16"]) == 1
     out = capsys.readouterr().out
     assert "DOES NOT FIT" in out and "spans nodes" in out
+
+
+def test_gdpo_plan_prints_the_placement_the_trainer_reserves(capsys):
+    from gdpo_megatron.orchestration.placement import placement_shape
+
+    assert main(["plan", str(LLAMA_8B)]) == 0
+    out = capsys.readouterr().out
+    assert "placement: 2 node(s) x 8 GPUs, engines colocated" in out
+    assert "  node 0  GPU 0     policy-rank0, engine-0" in out
+    assert "  node 1  GPU 7     policy-rank15, engine-15" in out
+    main(["plan", str(LLAMA_8B), "generation.colocated=false", "generation.num_engines=4", "--json"])
+    placement = json.loads(capsys.readouterr().out)["placement"]
+    assert placement == placement_shape(load_recipe(LLAMA_8B, ["generation.colocated=false",
+                                                               "generation.num_engines=4"])).to_dict()
+    assert [(e["node"], e["gpus"]) for e in placement["engines"]] == [(0, [6]), (0, [7]), (1, [6]), (1, [7])]
+    assert main(["plan", str(LLAMA_8B), "generation.num_engines=17"]) == 1
+    assert "placement: error: generation: 17 colocated engines" in capsys.readouterr().out
