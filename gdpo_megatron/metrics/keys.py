@@ -229,6 +229,9 @@ def check(names: Iterable[str], producers: Collection[str] | None = None) -> Non
 
 
 def _reduce(values: list[float], reduction: str) -> float:
+    """NaN in, NaN out, for every reduction (Python's max/min would depend on the order)."""
+    if any(math.isnan(v) for v in values):
+        return math.nan
     if reduction == SUM:
         return math.fsum(values)
     if reduction == MAX:

@@ -52,6 +52,9 @@ def test_policy_ranks_merge_with_the_declared_reduction():
                       "train/loss": 1.25, "train/ratio_min": 0.7, "time/advantage": 0.3, "adv/max": 2.0}
     # a TP/PP rank that does not report the shard's mismatch does not dilute it
     assert merge([rank0, {"train/loss": 1.25}])["mismatch/max"] == 0.5
+    # a non-finite report stays visible whatever the rank order
+    for order in ([0.5, math.nan], [math.nan, 0.5]):
+        assert math.isnan(merge([{"mismatch/max": v} for v in order])["mismatch/max"])
 
 
 def test_reward_counters_add_up_over_resampling_rounds():
