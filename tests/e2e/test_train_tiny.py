@@ -101,7 +101,9 @@ def check_run(run_dir: Path, steps: int, reward_names=("correct", "format", "len
 
 
 DP1 = ("trainer.max_steps=3", "trainer.validation.every_steps=3", "trainer.validation.num_prompts=6")
-DP2 = ("trainer.max_steps=2", "cluster.cpu_workers=2", "trainer.dynamic_sampling.enabled=true")
+# Short responses make some rollouts hit max_new_tokens, which overlong filtering takes out of the loss.
+DP2 = ("trainer.max_steps=2", "cluster.cpu_workers=2", "trainer.dynamic_sampling.enabled=true",
+       "trainer.overlong_filtering=true", "generation.sampling.max_new_tokens=12")
 
 
 def test_dp1_trains_and_refits(repo_root, tmp_path, initial_model):
@@ -128,11 +130,16 @@ def test_dp2_two_policy_workers(repo_root, tmp_path, initial_model):
     assert proc.returncode == 0, proc.stderr[-4000:]
     records = check_run(run_dir, 2)
     written_keys_are_the_documented_ones(repo_root, records, run_dir, initial_model, *DP2)
+    assert any(r["response_len/clip_frac"] > 0 for r in records)  # the filter had something to do
     for r in records:
         # Dynamic sampling keeps whole informative groups, at most prompts_per_step of them, and both
         # ranks' rollouts are counted exactly once in the global normalization.
         assert r["dynamic_sampling/rounds"] >= 1
-        assert r["train/global_sequences"] == r["samples"] <= 8 * 4
+        assert r["samples"] <= 8 * 4
+        # Overlong-filtered rollouts are out of the loss normalizers but still measured for mismatch.
+        truncated = round(r["response_len/clip_frac"] * r["samples"])
+        assert r["train/global_sequences"] == r["samples"] - truncated
+        assert (r["train/global_tokens"] < r["mismatch/tokens"]) == (truncated > 0)
         assert r["samples"] % 4 == 0
         assert r["groups/count"] == r["samples"] / 4
         assert min(r[f"reward/{name}/zero_var_group_frac"] for name in ("correct", "format", "length")) < 1.0
