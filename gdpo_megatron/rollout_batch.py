@@ -22,6 +22,7 @@ class RolloutShard:
     rewards: torch.Tensor  # [n, K] float32, NaN = missing
     group_ids: torch.Tensor  # [n] int64, global group ids (groups may straddle shards)
     engine_logprobs: list[list[float]] = field(default_factory=list)  # sampling-policy logprobs per response token
+    trainable: torch.Tensor | None = None  # [n] bool: False = out of the loss (overlong filtering); None = all in
 
     def __len__(self) -> int:
         return len(self.response_ids)
@@ -34,10 +35,12 @@ def shard_rollouts(
     group_ids: torch.Tensor,
     engine_logprobs: list[list[float]],
     num_shards: int,
+    trainable: torch.Tensor | None = None,
 ) -> list[RolloutShard]:
     """Split a step's rollouts over data-parallel ranks, keeping the global order."""
     return [
-        RolloutShard(prompt_ids[a:b], response_ids[a:b], rewards[a:b], group_ids[a:b], engine_logprobs[a:b])
+        RolloutShard(prompt_ids[a:b], response_ids[a:b], rewards[a:b], group_ids[a:b], engine_logprobs[a:b],
+                     trainable[a:b] if trainable is not None else None)
         for a, b in even_ranges(len(response_ids), num_shards)
     ]
 

@@ -27,6 +27,8 @@ import torch
 
 from gdpo_megatron.config.recipe import RecipeConfig, recipe_to_yaml
 from gdpo_megatron.config.schema import to_dict
+from gdpo_megatron.metrics.keys import (ADVANTAGES, POLICY, REWARDS, TRAINER, VALIDATION, check, disjoint_union,
+                                        is_number, merge)
 from gdpo_megatron.rollout_batch import informative_groups, shard_rollouts
 
 
@@ -98,17 +100,6 @@ def reward_metrics(rewards: torch.Tensor, specs) -> dict[str, float]:
     weights = torch.tensor([spec.weight for spec in specs], dtype=conditioned.dtype)
     out["reward/combined/mean"] = (torch.nan_to_num(conditioned, nan=0.0) @ weights).mean().item()
     return out
-
-
-def mean_over_ranks(per_rank: list[dict[str, float]]) -> dict[str, float]:
-    """Average numeric metrics reported by the policy ranks (diagnostics are global already)."""
-    keys = sorted({k for m in per_rank for k in m})
-    merged = {}
-    for key in keys:
-        values = [float(m[key]) for m in per_rank if key in m and m[key] is not None]
-        if values:
-            merged[key] = sum(values) / len(values)
-    return merged
 
 
 class Trainer:
@@ -223,15 +214,17 @@ class Trainer:
                 self.log(f"[placement] {name}{i} on {place['node_ip']}{gpus}")
         self.log(f"[placement] policy rendezvous at {self.rendezvous[0]}:{self.rendezvous[1]}")
 
-    def _sleep_engines(self) -> None:
+    def _sleep_engines(self) -> float:
+        """Put every engine to sleep at the recipe's level; returns the seconds it took."""
         start = time.perf_counter()
         self._engine_calls("sleep", self.recipe.generation.sleep_level)
-        self._add_time("time/engine_sleep", time.perf_counter() - start)
+        return time.perf_counter() - start
 
-    def _wake_engines(self, tags: list[str]) -> None:
+    def _wake_engines(self, tags: list[str]) -> float:
+        """Wake `tags` ("weights", "kv_cache") on every engine; returns the seconds it took."""
         start = time.perf_counter()
         self._engine_calls("wake", tags)
-        self._add_time("time/engine_wake", time.perf_counter() - start)
+        return time.perf_counter() - start
 
     def _generate_rollouts(self, prompts: list[list[int]], seed: int, n: int | None = None) -> list:
         """Contiguous slices of `prompts` over the engines (a function of num_engines only), results in order."""
@@ -256,8 +249,9 @@ class Trainer:
         rollouts = self._generate_rollouts(prompts, seed, 1)
         result = evaluate_responses(self.recipe.data.task, records, [r.text for r in rollouts],
                                     num_tokens=[len(r.token_ids) for r in rollouts])
-        return {f"val/{key}": float(value) for key, value in result.items()
-                if isinstance(value, (int, float)) and not isinstance(value, bool)}
+        metrics = {f"val/{key}": float(value) for key, value in result.items() if is_number(value)}
+        check(metrics, {VALIDATION})
+        return metrics
 
     # ---------------------------------------------------------------- one step
     def _generate(self, records: list[dict], step: int, round_: int, group_offset: int) -> StepBatch:
@@ -269,7 +263,7 @@ class Trainer:
                    for r in records]
         start = time.perf_counter()
         rollouts = self._generate_rollouts(prompts, step_seed(self.recipe.seed, step, round_))
-        self._add_time("time/generation", time.perf_counter() - start)
+        self._round_reports.append({"time/generation": time.perf_counter() - start})
         batch = StepBatch()
         for rollout in rollouts:
             batch.records.append(records[rollout.prompt_index])
@@ -282,13 +276,11 @@ class Trainer:
         start = time.perf_counter()
         values, metrics = ray.get(self.rewarder.score.remote(
             batch.records, batch.texts, [len(r) for r in batch.response_ids]))
-        self._add_time("time/rewards", time.perf_counter() - start)
+        self._round_reports.append({"time/rewards": time.perf_counter() - start})
+        check(metrics, {REWARDS})
+        self._round_reports.append(metrics)
         batch.rewards = values
-        self._pending_metrics.update(metrics)
         return batch
-
-    def _add_time(self, key: str, seconds: float) -> None:
-        self._pending_metrics[key] = self._pending_metrics.get(key, 0.0) + seconds
 
     def _collect(self, step: int) -> StepBatch:
         """Generate and score one step's rollouts; with dynamic sampling, refill dropped groups."""
@@ -317,8 +309,8 @@ class Trainer:
                 break
             batch = self._generate(self.sampler.next_batch(), step, round_, groups_seen)
             groups_seen += wanted
-        self._pending_metrics.update({"dynamic_sampling/dropped_groups": float(dropped),
-                                      "dynamic_sampling/rounds": float(round_)})
+        self._round_reports.append({"dynamic_sampling/dropped_groups": float(dropped),
+                                    "dynamic_sampling/rounds": float(round_)})
         if not kept.response_ids:
             return batch  # nothing informative at all: train on the last batch (zero advantages)
         # Keep exactly `wanted` groups so the batch shape (and the step's cost) stays fixed.
@@ -340,21 +332,26 @@ class Trainer:
 
     def _train(self, batch: StepBatch) -> dict[str, float]:
         rewards = batch.rewards
-        response_ids = batch.response_ids
+        trainable = torch.ones(len(batch.response_ids), dtype=torch.bool)
         if self.recipe.trainer.overlong_filtering:
-            # Truncated responses keep their rewards in the metrics but get no gradient: mark
-            # every reward missing for them, which the advantage stage turns into advantage 0.
+            # Truncated responses keep their rewards in the metrics but get no gradient: their
+            # rewards are missing for the advantage stage (advantage 0, left out of the group
+            # statistics) and their tokens are masked out of the loss and its normalizers.
+            trainable = torch.tensor([reason != "length" for reason in batch.finish_reasons], dtype=torch.bool)
             rewards = rewards.clone()
-            rewards[[i for i, r in enumerate(batch.finish_reasons) if r == "length"]] = float("nan")
-        shards = shard_rollouts(batch.prompt_ids, response_ids, rewards,
-                                torch.tensor(batch.group_ids, dtype=torch.long), batch.engine_logprobs, self.dp_size)
+            rewards[~trainable] = float("nan")
+        shards = shard_rollouts(batch.prompt_ids, batch.response_ids, rewards,
+                                torch.tensor(batch.group_ids, dtype=torch.long), batch.engine_logprobs, self.dp_size,
+                                trainable=trainable)
         from gdpo_megatron.orchestration.failures import get_all
 
-        every = self.recipe.generation.mismatch_check.every_steps
-        check_mismatch = bool(every) and self.step % every == 0
+        check_mismatch = self.mismatch_check.due(self.step)
         calls = [(f"policy-rank{layout['rank']}", worker.train_on.remote(shards[layout["dp_rank"]], check_mismatch))
                  for worker, layout in zip(self.workers, self.layouts)]
-        return mean_over_ranks(list(get_all(calls, self.step, nodes=self.worker_nodes).values()))
+        metrics = merge(list(get_all(calls, self.step, nodes=self.worker_nodes).values()), {POLICY, ADVANTAGES})
+        if check_mismatch:
+            metrics.update(self.mismatch_check.judge(self.step + 1, metrics, warn=self.log))
+        return metrics
 
     def _refit(self) -> dict[str, float]:
         import ray
@@ -370,11 +367,10 @@ class Trainer:
 
     def _refit_engines(self) -> dict[str, float]:
         """Refit every engine; colocated engines wake their weights first and their KV cache after."""
-        if self.colocated:
-            self._wake_engines(["weights"])
+        wake_seconds = self._wake_engines(["weights"]) if self.colocated else 0.0
         metrics = self._refit()
         if self.colocated:
-            self._wake_engines(["kv_cache"])
+            metrics["time/engine_wake"] = wake_seconds + self._wake_engines(["kv_cache"])
         return metrics
 
     # ---------------------------------------------------------------- checkpoints
@@ -450,7 +446,10 @@ class Trainer:
             from gdpo_megatron.algorithms.group_filter import DifficultyTracker
 
             self.difficulty = DifficultyTracker(adaptive.window)
-        self._pending_metrics: dict[str, float] = {}
+        self._round_reports: list[dict[str, float]] = []
+        from gdpo_megatron.generation.mismatch import MismatchCheck
+
+        self.mismatch_check = MismatchCheck.from_config(self.recipe.generation.mismatch_check)
         self.step = 0
         signals = (signal.SIGTERM, signal.SIGINT) if cfg.checkpoint.save_on_signal else ()
         with RayCluster(self.run_dir.ray), GracefulStop(signals) as stop, \
@@ -463,7 +462,6 @@ class Trainer:
                                         config=to_dict(self.recipe))
             try:
                 self._refit_engines()  # the engines serve exactly the policy's weights from the first step on
-                self._pending_metrics = {}
                 while step < cfg.max_steps and not self._epochs_done():
                     before = self._validate(step) if validation.at_start and step == 0 else {}
                     metrics = self._step(step)
@@ -496,36 +494,30 @@ class Trainer:
     def _step(self, step: int) -> dict[str, float]:
         from gdpo_megatron.metrics import rss_gb
 
-        timings: dict[str, float] = {}
         start = time.perf_counter()
-        self._pending_metrics = {}
+        self._round_reports = []
         batch = self._collect(step)
-        timings["time/rollout"] = time.perf_counter() - start  # generation + rewards (+ resampling)
-        all_rollouts = reward_metrics(batch.rewards, self.recipe.algorithm.rewards)
-        metrics = dict(all_rollouts)
+        rollout_seconds = time.perf_counter() - start  # generation + rewards (+ resampling)
+        rounds = merge(self._round_reports, {REWARDS, TRAINER})  # counters and times add up over rounds
+        metrics = reward_metrics(batch.rewards, self.recipe.algorithm.rewards)
         metrics.update(response_length_metrics(batch, self.recipe.generation.sampling.max_new_tokens))
-        metrics.update(self._pending_metrics)
         batch = self._filter_groups(batch, metrics)  # GFPO: the metrics above saw every rollout
-        self._pending_metrics = {}
         if self.colocated:
-            self._sleep_engines()
+            metrics["time/engine_sleep"] = self._sleep_engines()
         train_start = time.perf_counter()
-        metrics.update(self._train(batch))
-        # Same-named reward means also come from the reward runner (raw values) and the advantage
-        # stage (the trained batch: only the retained rollouts under GFPO); these, over every
-        # sampled rollout with conditions applied, are the ones logged.
-        metrics.update(all_rollouts)
-        timings["time/train"] = time.perf_counter() - train_start
-        metrics.update(self._refit_engines())
-        metrics.update(self._pending_metrics)
-        timings["time/step"] = time.perf_counter() - start
+        trained = self._train(batch)
+        train_seconds = time.perf_counter() - train_start
+        refit = self._refit_engines()
+        step_seconds = time.perf_counter() - start
         tokens = sum(len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids))
-        metrics["throughput/tokens_per_s"] = tokens / timings["time/step"]
-        metrics["samples"] = float(len(batch.response_ids))
-        metrics["memory/driver_rss_gb"] = rss_gb()
-        metrics["data/epoch"] = float(self.sampler.epoch)
-        metrics.update(timings)
-        return metrics
+        metrics.update({
+            "time/rollout": rollout_seconds, "time/train": train_seconds, "time/step": step_seconds,
+            "throughput/tokens_per_s": tokens / step_seconds, "samples": float(len(batch.response_ids)),
+            "memory/driver_rss_gb": rss_gb(), "data/epoch": float(self.sampler.epoch),
+        })
+        check(metrics, {TRAINER})
+        check(refit, {TRAINER})
+        return disjoint_union(metrics, rounds, trained, refit)
 
     def _epochs_done(self) -> bool:
         """`trainer.max_epochs` full passes over the training prompts have been sampled."""

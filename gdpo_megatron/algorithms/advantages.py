@@ -359,14 +359,12 @@ def _nan_std(values: Tensor) -> float:
 
 def advantage_diagnostics(raw: Tensor, conditioned: Tensor, groups: GroupIndex, final: Tensor,
                           has_reward: Tensor, specs: Sequence[RewardSpec], names: list[str]) -> dict[str, float]:
-    """Flat, log-ready statistics of one batch (keys in docs/advantages.md)."""
+    """Flat, log-ready statistics of one batch (keys in docs/observability.md; reward means are the trainer's)."""
     out: dict[str, float] = {}
     stats = column_stats(conditioned, groups)
     with_values = stats.count >= 1
     for k, name in enumerate(names):
         column = conditioned[:, k]
-        present = column[~torch.isnan(column)]
-        out[f"reward/{name}/mean"] = float(present.mean()) if present.numel() else 0.0
         out[f"reward/{name}/std"] = _nan_std(column)
         out[f"reward/{name}/missing_frac"] = float(torch.isnan(column).double().mean()) if column.numel() else 0.0
         groups_with = with_values[:, k]

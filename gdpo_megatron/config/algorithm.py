@@ -48,6 +48,9 @@ class RewardSpec(Section):
             raise ConfigError("name: a reward needs a non-empty name")
         if "/" in self.name:
             raise ConfigError(f"name: {self.name!r} may not contain '/' (it becomes a metric key reward/<name>/...)")
+        if self.name == "combined":
+            raise ConfigError("name: 'combined' is taken by the metric reward/combined/mean (the weighted sum); "
+                              "choose another name")
 
     @property
     def function_name(self) -> str:

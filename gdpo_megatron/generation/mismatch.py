@@ -9,7 +9,7 @@ Pure tensor code: the policy workers call it on their shard, tests call it direc
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -55,33 +55,33 @@ def pad_logprobs(rows: list[list[float]], length: Optional[int] = None) -> tuple
     return values, mask
 
 
-@dataclass
+@dataclass(frozen=True)
 class MismatchCheck:
-    """Runs `generation_mismatch` every `every_steps` steps and warns when the mean is above `warn_above`.
+    """When the trainer measures the mismatch, and what it does when the mean is above `warn_above`.
 
-    `every_steps == 0` disables it. Keeps the last result so the trainer can log it.
+    `every_steps == 0` disables it. The policy ranks compute `generation_mismatch` on their
+    shards; `judge` looks at the step's merged metrics.
     """
 
     every_steps: int = 1
     warn_above: float = 0.05
-    last: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config) -> "MismatchCheck":
         return cls(every_steps=config.every_steps, warn_above=config.warn_above)
 
-    def due(self, step: int) -> bool:
-        return self.every_steps > 0 and step % self.every_steps == 0
+    def due(self, completed_steps: int) -> bool:
+        """Whether the step after `completed_steps` updates measures the mismatch (the first step always does)."""
+        return self.every_steps > 0 and completed_steps % self.every_steps == 0
 
-    def run(self, step: int, engine_logprobs: torch.Tensor, policy_logprobs: torch.Tensor, mask: torch.Tensor,
-            warn: Callable[[str], None] = log.warning) -> dict[str, float]:
-        """The metrics (prefixed `mismatch/`) when due, else an empty dict."""
-        if not self.due(step):
+    def judge(self, step: int, metrics: dict[str, float], warn: Callable[[str], None] = log.warning) -> dict[str, float]:
+        """`mismatch/above_warn` (1 or 0) for a step whose metrics hold `mismatch/mean`; warns when it is 1."""
+        if "mismatch/mean" not in metrics:
             return {}
-        result = generation_mismatch(engine_logprobs, policy_logprobs, mask)
-        if result["mean"] > self.warn_above:
-            warn(f"step {step}: train/generation mismatch mean |exp(dlogp)-1| = {result['mean']:.4f} "
-                 f"(max {result['max']:.4f}) is above {self.warn_above}: the engine may hold stale weights "
-                 "or use a different precision than the policy")
-        self.last = {f"mismatch/{k}": v for k, v in result.items()}
-        return self.last
+        mean, worst = metrics["mismatch/mean"], metrics.get("mismatch/max", float("nan"))
+        above = mean > self.warn_above
+        if above:
+            warn(f"[warning] step {step}: train/generation mismatch mean |exp(dlogp)-1| = {mean:.4g} "
+                 f"(max {worst:.4g}) is above generation.mismatch_check.warn_above={self.warn_above}: the engine "
+                 "may hold stale weights or compute in another precision than the policy")
+        return {"mismatch/above_warn": 1.0 if above else 0.0}

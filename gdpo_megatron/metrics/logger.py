@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Mapping, TextIO
 
 from .jsonl import JsonlWriter, make_record
+from .keys import check
 from .progress import ProgressDisplay
 from .sinks import SINKS, MetricSink, SinkContext, enabled_sinks
 
@@ -45,7 +46,12 @@ class MetricsLogger:
         )
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
-        """Record one step; returns the cleaned record (what metrics.jsonl holds)."""
+        """Record one step; returns the cleaned record (what metrics.jsonl holds).
+
+        Every key must be declared in `metrics.keys`: an undeclared one is logged as a warning
+        (and written), or raises under GDPO_STRICT_METRICS=1 as in the test suite.
+        """
+        check(metrics)
         record = make_record(step, metrics)
         self.jsonl.write(record)
         for sink in self.sinks.values():

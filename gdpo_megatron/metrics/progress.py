@@ -39,12 +39,19 @@ def _format_number(value: Any) -> str:
 
 
 def progress_line(step: int, total: int, seconds_per_step: float | None,
-                  metrics: Mapping[str, Any], extra_keys: Sequence[str] = ()) -> str:
-    """`step 12/100 (12%) | 3.40 s/step | ETA 4m59s | combined 0.512 | format 0.9 | len 48.2`."""
+                  metrics: Mapping[str, Any], extra_keys: Sequence[str] = (),
+                  first_step_seconds: float | None = None) -> str:
+    """`step 12/100 (12%) | 3.40 s/step | ETA 4m59s | combined 0.512 | format 0.9 | len 48.2`.
+
+    Before a speed is known (the first step after a start or resume, which carries the
+    start-up) the line shows that step's time instead of an ETA: `first step 46.0s`.
+    """
     parts = [f"step {step}/{total} ({100 * step // max(total, 1)}%)"]
     if seconds_per_step is not None:
         parts.append(f"{seconds_per_step:.2f} s/step")
         parts.append(f"ETA {format_duration(seconds_per_step * max(total - step, 0))}")
+    elif first_step_seconds is not None:
+        parts.append(f"first step {first_step_seconds:.1f}s")
     if REWARD_COMBINED in metrics:
         parts.append(f"combined {_format_number(metrics[REWARD_COMBINED])}")
     for name in reward_components(metrics):
@@ -55,6 +62,33 @@ def progress_line(step: int, total: int, seconds_per_step: float | None,
         if key in metrics:
             parts.append(f"{key} {_format_number(metrics[key])}")
     return " | ".join(parts)
+
+
+class StepRate:
+    """Seconds per step from the last `window` steps, leaving out the first step after a (re)start.
+
+    The first step pays for what happens once (engine compilation and warm-up, the first
+    refit, a resume's checkpoint load); counting it made a 3-minute job show an ETA of an hour.
+    """
+
+    def __init__(self, start_step: int, now: float, window: int = 10) -> None:
+        self._last = (start_step, now)
+        self._recent: deque[float] = deque(maxlen=window)
+        self.first_step_seconds: float | None = None
+
+    def mark(self, step: int, now: float) -> None:
+        last_step, last_time = self._last
+        if step <= last_step:
+            return  # another record of a step already timed
+        per_step = (now - last_time) / (step - last_step)
+        if self.first_step_seconds is None:
+            self.first_step_seconds = per_step
+        else:
+            self._recent.extend([per_step] * min(step - last_step, self._recent.maxlen))
+        self._last = (step, now)
+
+    def seconds_per_step(self) -> float | None:
+        return sum(self._recent) / len(self._recent) if self._recent else None
 
 
 class ProgressDisplay:
@@ -72,20 +106,16 @@ class ProgressDisplay:
         self.total_steps = total_steps
         self.extra_keys = tuple(extra_keys)
         self._clock = clock
-        # (step, time) of recent updates; s/step is measured over this window so the ETA
-        # follows the current speed, not the slow first step (compilation, engine start).
-        self._marks: deque[tuple[int, float]] = deque([(start_step, clock())], maxlen=window + 1)
+        self.rate = StepRate(start_step, clock(), window)
         self._line = ""
 
     def seconds_per_step(self) -> float | None:
-        (first_step, first_time), (last_step, last_time) = self._marks[0], self._marks[-1]
-        if last_step <= first_step:
-            return None
-        return (last_time - first_time) / (last_step - first_step)
+        return self.rate.seconds_per_step()
 
     def update(self, step: int, metrics: Mapping[str, Any]) -> str:
-        self._marks.append((step, self._clock()))
-        self._line = progress_line(step, self.total_steps, self.seconds_per_step(), metrics, self.extra_keys)
+        self.rate.mark(step, self._clock())
+        self._line = progress_line(step, self.total_steps, self.seconds_per_step(), metrics, self.extra_keys,
+                                   first_step_seconds=self.rate.first_step_seconds)
         if self.mode == "live":
             self.stream.write(_CLEAR_LINE + self._line)
         elif self.mode == "plain":

@@ -67,9 +67,8 @@ class PolicyWorker:
 
         from gdpo_megatron.algorithms.distributed_advantages import distributed_compute_advantages
         from gdpo_megatron.generation.mismatch import generation_mismatch
-        from gdpo_megatron.policy.batch import build_policy_batch
-
         from gdpo_megatron.metrics import rss_gb
+        from gdpo_megatron.policy.batch import build_policy_batch
 
         timings: dict[str, float] = {}
         start = time.perf_counter()
@@ -87,7 +86,10 @@ class PolicyWorker:
         timings["time/logprobs"] = time.perf_counter() - start
         start = time.perf_counter()
         metrics: dict[str, Any] = dict(result.diagnostics)
-        trained = self.policy.train(batch, num_mini_batches=self.recipe.trainer.mini_batches_per_step,
+        # Rollouts the trainer excludes (overlong filtering) leave the loss and its token and
+        # sequence counts; they stay in `batch` for the mismatch measurement below.
+        trained = self.policy.train(batch.with_loss_rows(shard.trainable),
+                                    num_mini_batches=self.recipe.trainer.mini_batches_per_step,
                                     epochs=self.recipe.trainer.ppo_epochs, gpg_alpha=result.gpg_alpha)
         timings["time/policy_update"] = time.perf_counter() - start
         metrics.update({f"train/{name}": value for name, value in trained.items()})
@@ -97,7 +99,9 @@ class PolicyWorker:
             # Hand the activations' cached blocks back to the driver: colocated engines wake into
             # that memory (the planner counts only the policy's resident state during generation).
             torch.cuda.empty_cache()
-        if check_mismatch and shard.engine_logprobs:
+        # One report per data-parallel shard: its TP/PP ranks hold the same rollouts and logprobs.
+        shard_lead = mpu.get_tensor_model_parallel_rank() == 0 and mpu.get_pipeline_model_parallel_rank() == 0
+        if check_mismatch and shard.engine_logprobs and shard_lead:
             engine = batch.pad_response_values(shard.engine_logprobs)
             for key, value in generation_mismatch(engine, batch.old_logprobs, batch.response_mask).items():
                 metrics[f"mismatch/{key}"] = value

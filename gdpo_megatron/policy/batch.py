@@ -114,6 +114,19 @@ class PolicyBatch:
                            else advantages.to(torch.float32))
         self.validate()
 
+    def with_loss_rows(self, keep: Optional[torch.Tensor]) -> "PolicyBatch":
+        """The batch with rows where `keep` [B] is False taken out of the loss (response mask 0).
+
+        The loss, its global token and sequence counts and every loss metric then ignore those
+        rows exactly as if they were not in the batch. `keep=None` keeps every row.
+        """
+        if keep is None:
+            return self
+        keep = torch.as_tensor(keep, dtype=torch.bool)
+        if keep.shape != (len(self),):
+            raise ValueError(f"with_loss_rows: keep must be [B] = [{len(self)}], got shape {tuple(keep.shape)}")
+        return replace(self, response_mask=self.response_mask * keep.unsqueeze(1).to(self.response_mask.dtype))
+
     def used_length(self) -> int:
         """Columns up to the last response token of any row (the rest is padding for this batch)."""
         any_valid = (self.response_mask != 0).any(0)

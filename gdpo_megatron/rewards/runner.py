@@ -196,14 +196,13 @@ class RewardRunner:
                 if worker.queue:
                     worker.send_next()
 
-        metrics: dict[str, float] = {"reward_time_s": time.monotonic() - started}
+        # Counters of this call only: the trainer adds them up over a step's sampling rounds.
+        # Reward means are the trainer's (on the step's final batch, conditions applied).
+        metrics: dict[str, float] = {"time/reward_scoring": time.monotonic() - started}
         for j, name in enumerate(self.names):
-            column = values[:, j]
-            valid = column[~torch.isnan(column)]
-            metrics[f"reward/{name}/mean"] = float(valid.mean()) if len(valid) else math.nan
             metrics[f"reward_errors/{name}"] = float(errors[j])
             metrics[f"reward_timeouts/{name}"] = float(timeouts[j])
-            metrics[f"reward_nan/{name}"] = float(n - len(valid))
+            metrics[f"reward_nan/{name}"] = float(torch.isnan(values[:, j]).sum())
             metrics.update({f"{key}/{name}": float(counts[j]) for key, counts in counted.items()})
         return RewardBatch(values=values, metrics=metrics, names=self.names)
 

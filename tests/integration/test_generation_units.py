@@ -33,16 +33,21 @@ def test_mismatch_golden_values_and_masking():
         generation_mismatch(engine, policy[:, :2], mask)
 
 
-def test_mismatch_check_runs_every_n_steps_and_warns():
+def test_mismatch_check_is_due_every_n_steps_and_warns_above_threshold():
     warnings = []
     check = MismatchCheck(every_steps=3, warn_above=0.1)
+    assert [check.due(done) for done in range(7)] == [True, False, False, True, False, False, True]
+    assert MismatchCheck(every_steps=0).due(0) is False
     values, mask = pad_logprobs([[math.log(0.5)], [math.log(0.5), math.log(0.5)]])
     assert mask.tolist() == [[True, False], [True, True]]
-    assert check.run(1, values, values, mask, warn=warnings.append) == {}
-    assert check.run(3, values, values + math.log(1.5), mask, warn=warnings.append)["mismatch/mean"] == \
-        pytest.approx(0.5)
-    assert len(warnings) == 1 and "step 3" in warnings[0]
-    assert MismatchCheck(every_steps=0).due(0) is False
+    quiet = {f"mismatch/{k}": v for k, v in generation_mismatch(values, values, mask).items()}
+    assert check.judge(1, quiet, warn=warnings.append) == {"mismatch/above_warn": 0.0} and warnings == []
+    # every token's probability 1.5x the engine's: |1.5 - 1| = 0.5 > 0.1
+    loud = {f"mismatch/{k}": v for k, v in generation_mismatch(values, values + math.log(1.5), mask).items()}
+    assert loud["mismatch/mean"] == pytest.approx(0.5)
+    assert check.judge(4, loud, warn=warnings.append) == {"mismatch/above_warn": 1.0}
+    assert len(warnings) == 1 and "step 4" in warnings[0] and "warn_above=0.1" in warnings[0]
+    assert check.judge(4, {}, warn=warnings.append) == {}  # no mismatch measured (no engine logprobs)
 
 
 def test_buckets_bound_size_and_preserve_order():

@@ -75,7 +75,8 @@ def test_trl_nan_aware_stats_and_all_missing_row_is_zero_and_excluded():
     assert d["reward/a/missing_frac"] == pytest.approx(2 / 5)
     assert d["reward/b/missing_frac"] == pytest.approx(1 / 5)
     assert d["adv/all_missing_frac"] == pytest.approx(1 / 5)
-    assert d["reward/a/mean"] == pytest.approx(2 / 3)
+    # a's present values {1, 0, 1}: unbiased std sqrt(1/3); the batch means are the trainer's keys
+    assert d["reward/a/std"] == pytest.approx(math.sqrt(1 / 3)) and "reward/a/mean" not in d
     # a: group 7 has {1, 0} (varies), group 9 has one value {1} (no signal) -> 1/2
     assert d["reward/a/zero_var_group_frac"] == pytest.approx(0.5)
 

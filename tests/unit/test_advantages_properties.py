@@ -125,7 +125,7 @@ def test_output_dtype_shapes_and_diagnostic_keys():
     assert result.token_advantages.shape == (48, 7) and result.token_advantages.dtype == torch.float32
     assert torch.equal(result.token_advantages, result.advantages.unsqueeze(1) * mask)
     for name in ("r0", "r1", "r2"):
-        for stat in ("mean", "std", "missing_frac", "zero_var_group_frac"):
+        for stat in ("std", "missing_frac", "zero_var_group_frac"):
             assert f"reward/{name}/{stat}" in result.diagnostics
     for key in ("adv/mean", "adv/std", "adv/resolution_mean", "adv/zero_frac", "groups/count"):
         assert key in result.diagnostics

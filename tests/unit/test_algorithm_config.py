@@ -31,6 +31,7 @@ def algo(**data) -> AlgorithmConfig:
      'rewards[1].condition.reward: no reward named \'corect\' (did you mean "correct"?); rewards: correct, length'),
     (dict(rewards=[{"name": "a", "weight": 0}, {"name": "b", "weight": 0.0}]), "rewards: every reward weight is 0"),
     (dict(rewards=[{"name": "acc/train"}]), "rewards[0].name: 'acc/train' may not contain '/'"),
+    (dict(rewards=[{"name": "combined"}]), "rewards[0].name: 'combined' is taken by the metric reward/combined/mean"),
     (dict(preset="openrlhf"), "preset: expected one of 'trl', 'verl', 'nemo_rl', got 'openrlhf'"),
     (dict(group_eps=-1e-4), "group_eps: must be >= 0.0, got -0.0001"),
     (dict(batch_norm="tokens"), 'batch_norm: expected one of \'none\', \'sample\', \'token\', got \'tokens\' (did you mean "token"?)'),

@@ -165,3 +165,70 @@ def test_empty_batch_gives_zero_not_nan():
     inputs = _inputs([[1.3, 0.7]], [1.0], mask=[[0, 0]])
     loss, _ = policy_loss(inputs, LossConfig(), GlobalCounts(0, 0))
     assert loss.item() == 0.0
+
+
+def _bigram_loss(model, batch, config):
+    """The train step's loss path: token-aligned logprobs of a bigram model, global counts of the mask."""
+    from gdpo_megatron.policy.train_step import _token_aligned
+
+    ids = batch.input_ids
+    logits = model(ids[:, :-1])
+    logprobs = _token_aligned(torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1))
+    probs = torch.softmax(logits, -1)
+    entropy = _token_aligned(-(probs * torch.log_softmax(logits, -1)).sum(-1))
+    tokens, sequences = count_valid(batch.response_mask)
+    counts = GlobalCounts(num_tokens=tokens, num_sequences=sequences, norm_length=6.0)
+    inputs = LossInputs(logprobs=logprobs, old_logprobs=batch.old_logprobs, advantages=batch.advantages,
+                        mask=batch.response_mask, ref_logprobs=batch.ref_logprobs, entropy=entropy)
+    return policy_loss(inputs, config, counts)
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_an_overlong_filtered_rollout_changes_neither_loss_nor_gradient(aggregation):
+    from gdpo_megatron.policy.batch import build_policy_batch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(11, 8), torch.nn.Linear(8, 11)).double()
+    prompts, responses = [[1, 2], [3], [4, 5, 6]], [[7, 8, 9], [2, 2], [10]]
+    long_prompt, long_response = [5, 4], [3, 1, 4, 1, 5, 9, 2, 6]  # truncated at max_new_tokens
+    config = LossConfig(type="ppo", aggregation=aggregation, kl_coef=0.1, entropy_coef=0.01)
+
+    def prepared(batch, advantages):
+        with torch.no_grad():
+            full = torch.log_softmax(model(batch.input_ids[:, :-1]), -1)
+            current = torch.nn.functional.pad(full.gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1), (1, 0))
+        batch.advantages = torch.tensor(advantages, dtype=torch.float64)
+        batch.old_logprobs = (current + 0.05 * torch.randn_like(current)) * batch.response_mask
+        batch.ref_logprobs = (current - 0.1) * batch.response_mask
+        return batch
+
+    torch.manual_seed(1)
+    alone = prepared(build_policy_batch(prompts, responses), [1.0, -0.5, 0.25])
+    torch.manual_seed(1)
+    # The filtered rollout even carries a nonzero advantage: only its mask keeps it out.
+    with_filtered = prepared(build_policy_batch(prompts + [long_prompt], responses + [long_response]),
+                             [1.0, -0.5, 0.25, 2.0])
+    with_filtered = with_filtered.with_loss_rows(torch.tensor([True, True, True, False]))
+    width = alone.input_ids.shape[1]
+    # same noise for the shared rows (drawn per element in row order, wider batch differs): copy them
+    with_filtered.old_logprobs[:3].zero_()
+    with_filtered.old_logprobs[:3, :width] = alone.old_logprobs
+
+    results = []
+    for batch in (alone, with_filtered):
+        model.zero_grad()
+        loss, metrics = _bigram_loss(model, batch, config)
+        loss.backward()
+        results.append((loss.detach(), metrics, [p.grad.clone() for p in model.parameters()]))
+    (loss_a, metrics_a, grads_a), (loss_b, metrics_b, grads_b) = results
+    torch.testing.assert_close(loss_b, loss_a, rtol=0, atol=1e-12)
+    for grad_a, grad_b in zip(grads_a, grads_b):
+        torch.testing.assert_close(grad_b, grad_a, rtol=0, atol=1e-12)
+    for name in ("pg_loss", "kl_ref", "entropy", "clip_fraction", "ratio_max", "ratio_min"):
+        torch.testing.assert_close(metrics_b[name], metrics_a[name], rtol=0, atol=1e-12)
+    # and without the mask the same rollout does change the loss: the test can fail
+    unmasked = prepared(build_policy_batch(prompts + [long_prompt], responses + [long_response]),
+                        [1.0, -0.5, 0.25, 2.0])
+    unmasked.old_logprobs[:3].zero_()
+    unmasked.old_logprobs[:3, :width] = alone.old_logprobs
+    assert abs(float(_bigram_loss(model, unmasked, config)[0].detach()) - float(loss_a)) > 1e-3

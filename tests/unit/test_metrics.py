@@ -13,7 +13,6 @@ import torch
 from gdpo_megatron.metrics import (
     MetricsFileError,
     MetricsLogger,
-    PhaseTimer,
     ProgressDisplay,
     format_duration,
     progress_line,
@@ -74,8 +73,8 @@ def test_fresh_run_replaces_old_metrics_and_truncate_counts(tmp_path):
     assert truncate_after(path, 2) == 2
     assert [r["step"] for r in read_metrics(path)] == [1, 2]
     with MetricsLogger(tmp_path, total_steps=2, logging_config=_logging()) as logger:
-        logger.log(1, {"x": 1.0})
-    assert read_metrics(path) == [{"step": 1, "x": 1.0}]
+        logger.log(1, {"samples": 1.0})
+    assert read_metrics(path) == [{"step": 1, "samples": 1.0}]
 
 
 def test_read_metrics_errors_name_file_and_line(tmp_path):
@@ -100,10 +99,10 @@ def test_key_helpers():
 
 def test_format_duration_and_progress_line_golden():
     assert [format_duration(s) for s in (0, 59.4, 125, 3725)] == ["0s", "59s", "2m05s", "1h02m"]
-    line = progress_line(12, 100, 3.4, {**_step_metrics(4), "kl/mean": 0.0123}, extra_keys=["kl/mean"])
+    line = progress_line(12, 100, 3.4, {**_step_metrics(4), "train/kl_ref": 0.0123}, extra_keys=["train/kl_ref"])
     # ETA = 3.4 s * 88 steps = 299.2 s
     assert line == ("step 12/100 (12%) | 3.40 s/step | ETA 4m59s | combined 0.75 | correct 0.25 | "
-                    "format 0.5 | len 14 | kl/mean 0.0123")
+                    "format 0.5 | len 14 | train/kl_ref 0.0123")
     assert progress_line(1, 10, None, {"reward/x/mean": None}) == "step 1/10 (10%) | x nan"
 
 
@@ -119,19 +118,42 @@ def test_progress_plain_lines_when_not_a_tty():
     stream, clock = io.StringIO(), _Clock()
     display = ProgressDisplay(10, stream=stream, clock=clock, start_step=2, window=2)
     assert display.mode == "plain"
-    for step, seconds in ((3, 4.0), (4, 2.0), (5, 3.0)):
+    for step, seconds in ((3, 4.0), (4, 2.0), (5, 3.0), (6, 10.0)):
         clock.now += seconds
         display.update(step, {"reward/combined/mean": 0.5})
     display.log("validation done")
     display.close()
-    # s/step over the last 2 steps: (2 + 3) / 2 = 2.5; ETA for 5 steps left = 12.5 s -> "12s"
+    # The first step after a (re)start is shown, not used. Then s/step over the last 2 steps:
+    # step 4: 2 s, ETA 6 x 2 = 12 s; step 5: (2 + 3) / 2 = 2.5, ETA 5 x 2.5 = 12.5 s -> "12s";
+    # step 6: (3 + 10) / 2 = 6.5 (step 4 left the window), ETA 4 x 6.5 = 26 s.
     assert stream.getvalue().splitlines() == [
-        "step 3/10 (30%) | 4.00 s/step | ETA 28s | combined 0.5",
-        "step 4/10 (40%) | 3.00 s/step | ETA 18s | combined 0.5",
+        "step 3/10 (30%) | first step 4.0s | combined 0.5",
+        "step 4/10 (40%) | 2.00 s/step | ETA 12s | combined 0.5",
         "step 5/10 (50%) | 2.50 s/step | ETA 12s | combined 0.5",
+        "step 6/10 (60%) | 6.50 s/step | ETA 26s | combined 0.5",
         "validation done",
     ]
     assert "\x1b" not in stream.getvalue()
+
+
+def test_eta_leaves_out_start_up():
+    # The tiny recipe (150 steps): the first step took 52.7 s with engine warm-up, the second 0.3 s.
+    # Counting the first step gave (52.7 + 0.3) / 2 = 26.50 s/step and "ETA 1h05m".
+    stream, clock = io.StringIO(), _Clock()
+    display = ProgressDisplay(150, stream=stream, clock=clock)
+    clock.now += 52.7
+    display.update(1, {})
+    clock.now += 0.3
+    display.update(2, {})
+    display.update(2, {"val/accuracy": 0.5})  # a second record of the same step changes nothing
+    clock.now += 0.5
+    display.update(4, {})  # two steps in one record: 0.25 s each
+    assert stream.getvalue().splitlines() == [
+        "step 1/150 (0%) | first step 52.7s",
+        "step 2/150 (1%) | 0.30 s/step | ETA 44s",  # 148 x 0.3 = 44.4 s
+        "step 2/150 (1%) | 0.30 s/step | ETA 44s",
+        "step 4/150 (2%) | 0.27 s/step | ETA 39s",  # (0.3 + 0.25 + 0.25) / 3 = 0.2667, x 146 = 38.9 s
+    ]
 
 
 def test_progress_live_line_on_a_tty():
@@ -146,21 +168,8 @@ def test_progress_live_line_on_a_tty():
     display.update(1, {})
     display.log("note")
     display.close()
-    assert stream.getvalue() == ("\r\x1b[2Kstep 1/4 (25%) | 1.00 s/step | ETA 3s"
-                                 "\r\x1b[2Knote\nstep 1/4 (25%) | 1.00 s/step | ETA 3s\n")
-
-
-def test_phase_timer_accumulates_and_resets():
-    clock = _Clock()
-    timer = PhaseTimer(clock=clock)
-    with timer("generation"):
-        clock.now += 1.5
-    with timer("train"):
-        clock.now += 0.25
-    with timer("generation"):
-        clock.now += 0.5
-    assert timer.metrics() == {"time/generation": 2.0, "time/train": 0.25}
-    assert timer.metrics() == {}
+    assert stream.getvalue() == ("\r\x1b[2Kstep 1/4 (25%) | first step 1.0s"
+                                 "\r\x1b[2Knote\nstep 1/4 (25%) | first step 1.0s\n")
 
 
 def test_tensorboard_sink_writes_scalars_and_purges_on_resume(tmp_path):
@@ -205,5 +214,5 @@ def test_logger_accepts_run_dir_object(tmp_path):
 
     run = RunDir.create(tmp_path / "run")
     with MetricsLogger(run, _logging(), total_steps=1, resume_from_step=0) as logger:
-        logger.log(1, {"x": 2.0})
-    assert read_metrics(run.metrics) == [{"step": 1, "x": 2.0}]
+        logger.log(1, {"samples": 2.0})
+    assert read_metrics(run.metrics) == [{"step": 1, "samples": 2.0}]

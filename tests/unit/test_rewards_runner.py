@@ -8,6 +8,7 @@ import torch
 from gdpo_megatron.config.algorithm import RewardSpec
 from gdpo_megatron.config.errors import ConfigError
 from gdpo_megatron.config.scoring import ScoringConfig
+from gdpo_megatron.metrics.keys import REWARDS, check
 from gdpo_megatron.rewards import RewardRunner
 
 PLUGINS = ["test_rewards_plugins"]
@@ -48,8 +49,13 @@ def test_values_and_failures(runner, caplog):
     assert m["reward_timeouts/hang"] == 1 and m["reward_errors/hang"] == 0
     assert m["reward_errors/die"] == 1
     assert m["reward_nan/len"] == 0 and m["reward_nan/hang"] == 1
-    assert m["reward/correct/mean"] == pytest.approx(0.2)
-    assert m["reward/len/mean"] == pytest.approx((9 + 1.5 + 2 + 2 + 9) / 5)
+    assert m["reward_nan/correct"] == 0 and m["reward_nan/raise"] == 1 and m["reward_nan/die"] == 1
+    # the runner writes only its own counters (reward means are the trainer's), all declared
+    assert set(m) == {"time/reward_scoring"} | {f"{group}/{name}" for name in runner.names
+                                                for group in ("reward_errors", "reward_timeouts", "reward_nan", "reward_refusals",
+                                                                  "reward_sandbox_failures", "reward_out_of_range",
+                                                                  "reward_program_timeouts")}
+    check(m, {REWARDS})
     logged = caplog.text
     assert "'r1'" in logged and "ValueError: bad rollout" in logged
     assert "'r2'" in logged and "timed out" in logged
