@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from gdpo_megatron.config import load_recipe
+from gdpo_megatron.recipe_checks import load_checked_recipe
 
 from ._common import add_recipe_arguments
 
@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _plan(args: argparse.Namespace) -> int:
     from gdpo_megatron.planner import format_plan, make_plan
 
-    plan = make_plan(load_recipe(args.recipe, args.overrides))
+    plan = make_plan(load_checked_recipe(args.recipe, args.overrides))
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2))
     else:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from gdpo_megatron.config.policy import ModelConfig, ParallelConfig, PolicyConfig, PrecisionConfig
-from gdpo_megatron.distributed.launch import LaunchContext, spawn_local
+from gdpo_megatron.distributed.spawn import SpawnContext, spawn_local
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def hf_logits(hf_dir: str | Path, tokens: torch.Tensor) -> torch.Tensor:
         return model(tokens).logits.float()
 
 
-def _megatron_worker(ctx: LaunchContext, hf_dir: str, tp: int, pp: int, tokens: torch.Tensor, new_tokens: int):
+def _megatron_worker(ctx: SpawnContext, hf_dir: str, tp: int, pp: int, tokens: torch.Tensor, new_tokens: int):
     from gdpo_megatron.conversion.importer import load_hf_weights
     from gdpo_megatron.distributed.setup import destroy_distributed, init_distributed
     from gdpo_megatron.policy.model import build_model, forward_logits, greedy_generate, vocab_info
@@ -86,7 +86,7 @@ def verify_conversion(hf_dir: str | Path, tp: int = 1, pp: int = 1, tokens: torc
     return VerifyResult(diff, ours_greedy == theirs_greedy, tokens.shape[1], theirs_greedy, ours_greedy)
 
 
-def _probe_worker(ctx: LaunchContext, hf_dirs: list[str], tp: int, pp: int, tokens: torch.Tensor,
+def _probe_worker(ctx: SpawnContext, hf_dirs: list[str], tp: int, pp: int, tokens: torch.Tensor,
                   new_tokens: int, export: bool):
     from gdpo_megatron.conversion.exporter import export_hf_weights
     from gdpo_megatron.conversion.importer import load_hf_weights

@@ -24,7 +24,7 @@ class PolicyWorker:
         from gdpo_megatron.config.recipe import RecipeConfig
         from gdpo_megatron.config.schema import build
         from gdpo_megatron.distributed.setup import init_distributed
-        from gdpo_megatron.policy.policy import MegatronPolicy
+        from gdpo_megatron.megatron_policy import MegatronPolicy
 
         self.rank = rank
         self.recipe = build(RecipeConfig, recipe_data)

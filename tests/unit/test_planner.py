@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from gdpo_megatron.cli import main
-from gdpo_megatron.config import ConfigError, load_recipe
+from gdpo_megatron.config import ConfigError
+from gdpo_megatron.recipe_checks import load_checked_recipe as load_recipe
 from gdpo_megatron.model_catalog import CATALOG, lookup, resolve_arch
 from gdpo_megatron.planner import make_plan
 from gdpo_megatron.planner.memory import bytes_per_param, kv_bytes_per_token
