@@ -84,13 +84,13 @@ def test_reference_numerics_table():
     assert (verl.group_eps, verl.singleton_group, verl.batch_norm, verl.batch_eps, verl.batch_eps_mode) == \
         (1e-6, "raw", "token", 1e-8, "inside_sqrt")
     assert (nemo.group_baseline, nemo.group_std, nemo.eps_mode, nemo.batch_eps, nemo.batch_eps_mode) == \
-        ("leave_one_out", "leave_one_out", "where_positive", 0.0, "where_positive")
+        ("mean", "unbiased", "where_positive", 0.0, "where_positive")  # NeMo-RL's GDPO recipes: no leave-one-out
 
 
 def test_explicit_fields_win_and_estimators_fix_their_own():
     numerics = resolve_numerics(algo(preset="verl", group_eps=1e-3, batch_norm="sample"))
     assert (numerics.group_eps, numerics.batch_norm, numerics.batch_eps_mode) == (1e-3, "sample", "inside_sqrt")
-    # only gdpo batch-normalizes by default; dr_grpo overrides the nemo_rl leave-one-out baseline
+    # only gdpo batch-normalizes by default; dr_grpo's fixed numerics override the preset's
     assert resolve_numerics(algo(estimator="grpo")).batch_norm == "none"
     assert resolve_numerics(algo(estimator="grpo", batch_norm="sample")).batch_norm == "sample"
     dr = resolve_numerics(algo(estimator="dr_grpo", preset="nemo_rl"))
