@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gdpo_megatron.parallel_layout import world_problems
+
 logger = logging.getLogger(__name__)
 
 # Ray puts Unix sockets at <temp>/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store;
@@ -208,12 +210,10 @@ def placement_shape(recipe: Any) -> PlacementShape:
                 f"generation: {generation.num_engines} engines x tensor_parallel {generation.tensor_parallel} "
                 f"use all {devices} GPUs of cluster ({cluster.nodes} nodes x {cluster.gpus_per_node}); "
                 "leave GPUs for the policy or set generation.colocated=true")
-    model_parallel = parallel.tensor * parallel.pipeline
-    if world % model_parallel:
+    for problem in world_problems(parallel, world, "policy worker count"):
         raise ClusterError(
-            f"policy.parallel: tensor {parallel.tensor} x pipeline {parallel.pipeline} = {model_parallel} does not "
-            f"divide the {world} policy workers (cluster.nodes x "
-            f"{'gpus_per_node' if use_gpus else 'cpu_workers'}{'' if colocated else ' minus engine GPUs'})")
+            f"{problem.key}: {problem.message}; the policy workers are cluster.nodes x "
+            f"{'gpus_per_node' if use_gpus else 'cpu_workers'}{'' if colocated else ' minus engine GPUs'}")
     if use_gpus and colocated and engine_devices > world:
         raise ClusterError(
             f"generation: colocated engines need {engine_devices} GPUs, the policy has {world}")

@@ -44,11 +44,12 @@ def test_gpu_split_engines_take_their_own_gpus():
 
 @pytest.mark.parametrize("cluster, generation, parallel, message", [
     (ClusterConfig(nodes=1, gpus_per_node=8), GenerationConfig(num_engines=1), ParallelConfig(tensor=3),
-     r"policy.parallel: tensor 3 x pipeline 1 = 3 does not divide the 8 policy workers"),
+     r"policy.parallel: policy worker count 8 is not divisible by policy.parallel.tensor=3 \* "
+     r"policy.parallel.pipeline=1 = 3"),
     (ClusterConfig(nodes=1, gpus_per_node=4), GenerationConfig(num_engines=2, tensor_parallel=2, colocated=False),
      ParallelConfig(), r"generation: 2 engines x tensor_parallel 2 use all 4 GPUs"),
     (ClusterConfig(nodes=1, gpus_per_node=0, cpu_workers=3), GenerationConfig(), ParallelConfig(pipeline=2),
-     r"does not divide the 3 policy workers \(cluster.nodes x cpu_workers\)"),
+     r"policy worker count 3 is not divisible by .*; the policy workers are cluster.nodes x cpu_workers"),
 ])
 def test_impossible_shapes_name_the_keys(cluster, generation, parallel, message):
     with pytest.raises(ClusterError, match=message):
