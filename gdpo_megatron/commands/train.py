@@ -28,7 +28,7 @@ def _train(args: argparse.Namespace) -> int:
     from gdpo_megatron.orchestration.failures import WorkerFailure
     from gdpo_megatron.trainer import Trainer
 
-    recipe = load_checked_recipe(args.recipe, args.overrides)
+    recipe = load_checked_recipe(args.recipe, args.overrides, require_data_files=True)
     run_dir = run_directory(recipe)
     print(f"[train] {recipe.name}: {recipe.algorithm.estimator} with rewards "
           f"{', '.join(recipe.algorithm.reward_names)}; run directory {run_dir}", flush=True)

@@ -4,7 +4,10 @@ A dead Ray actor (process crash, OOM kill, lost node) surfaces in the driver as 
 RayActorError subclass with a multi-line system message; an exception inside a worker
 as a RayTaskError wrapping the remote traceback. Both become `WorkerFailure`, whose
 message names the worker (its Ray actor name, e.g. `policy-rank1`) and the training
-step, and says that the run resumes from the last complete checkpoint.
+step. Where a rerun can help (a process died, a node was lost, an unexpected error) it
+says that the same command resumes from the last complete checkpoint; where the cause is
+the recipe, the data or the code (a configuration error, an import error, a bad argument)
+it says that a rerun fails the same way.
 """
 
 from __future__ import annotations
@@ -18,19 +21,32 @@ _CLASS = re.compile(r"^\s*class_name: (?P<name>\S+)\s*$", re.MULTILINE)
 _PID = re.compile(r"^\s*pid: (?P<pid>\d+)\s*$", re.MULTILINE)
 
 
+def rerun_can_fix(cause: BaseException | None) -> bool:
+    """False for errors that are the same on every attempt: the recipe, the data or the code."""
+    from gdpo_megatron.config.errors import ConfigError
+    from gdpo_megatron.data.records import RecordError
+
+    deterministic = (ConfigError, RecordError, ImportError, KeyError, TypeError, NotImplementedError)
+    return not isinstance(cause, deterministic)
+
+
 class WorkerFailure(RuntimeError):
     def __init__(self, worker: str, step: int | None, kind: str, detail: str,
-                 checkpoint_hint: str = "the last complete checkpoint") -> None:
+                 checkpoint_hint: str = "the last complete checkpoint", resumable: bool = True) -> None:
         self.worker = worker
         self.step = step
         self.kind = kind  # "died" (process gone) or "raised" (exception inside the worker)
         self.detail = detail
+        self.resumable = resumable
         when = f"during step {step}" if step is not None else "before the first step"
         what = "died" if kind == "died" else "failed"
-        super().__init__(
-            f"worker {worker} {what} {when}: {detail}\n"
-            f"The run stopped. Rerun the same command to resume from {checkpoint_hint} "
-            "(trainer.resume=auto); steps after it are recomputed.")
+        if resumable:
+            advice = (f"The run stopped. Rerun the same command to resume from {checkpoint_hint} "
+                      "(trainer.resume=auto); steps after it are recomputed.")
+        else:
+            advice = ("The run stopped. This error does not go away by itself: fix its cause (the recipe, "
+                      "the data or the code named above) before running again.")
+        super().__init__(f"worker {worker} {what} {when}: {detail}\n{advice}")
 
 
 def _actor_death_detail(message: str) -> str:
@@ -71,7 +87,8 @@ def as_worker_failure(exc: BaseException, step: int | None, worker: str | None =
         where = f"in {function}" + (f", pid {header.group('pid')}" if header else "")
         actor_id = _ACTOR_ID.search(text)
         worker = worker or (_actor_name(actor_id.group(1)) if actor_id else None) or function
-        return WorkerFailure(worker, step, "raised", f"{summary} ({where})", checkpoint_hint)
+        return WorkerFailure(worker, step, "raised", f"{summary} ({where})", checkpoint_hint,
+                             resumable=rerun_can_fix(cause))
     return None
 
 

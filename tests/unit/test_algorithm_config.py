@@ -61,7 +61,8 @@ def test_validation_messages(data, message):
 
 def test_message_names_the_recipe_file(tmp_path: Path):
     recipe = tmp_path / "run.yaml"
-    recipe.write_text(yaml.safe_dump({"algorithm": {"estimator": "gpg", "group_std": "biased", "rewards": TWO}}))
+    rewards = [{"name": "correct", "function": "synthetic_correct"}, {"name": "length", "weight": 0.5}]
+    recipe.write_text(yaml.safe_dump({"algorithm": {"estimator": "gpg", "group_std": "biased", "rewards": rewards}}))
     with pytest.raises(ConfigError) as info:
         load_checked_recipe(recipe)
     text = str(info.value)
