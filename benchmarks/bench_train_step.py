@@ -100,7 +100,7 @@ def timed(fn, warmup: int, repeats: int) -> float:
 
 
 def megatron_step_time(cfg, batch, warmup: int, repeats: int) -> tuple[float, object]:
-    from gdpo_megatron.policy.policy import MegatronPolicy
+    from gdpo_megatron.megatron_policy import MegatronPolicy
 
     torch.manual_seed(SEED)
     policy = MegatronPolicy(cfg)

@@ -51,14 +51,19 @@ class AdvantageNumerics:
         return asdict(self)
 
 
-# The reference implementations' numerics (gdpo-reference.md). `batch_norm` here is the
-# GDPO step 3; estimators other than gdpo skip it unless the config sets it explicitly.
+# The shipped GDPO configurations of the reference implementations (TRL 1.16
+# `multi_objective_aggregation="normalize_then_sum"`, verl 0.9.1 `adv_estimator=gdpo`,
+# NeMo-RL's GDPO recipes, which set `use_leave_one_out_baseline: false`; NeMo-RL's
+# leave-one-out variant is `group_baseline: leave_one_out` + `group_std: leave_one_out`).
+# `batch_norm` is the GDPO step 3; estimators other than gdpo skip it unless the config
+# sets it explicitly. tests/unit/test_presets_vs_references.py checks each against the
+# reference's formulas.
 PRESETS: dict[str, dict[str, object]] = {
     "trl": dict(group_baseline="mean", group_std="unbiased", group_eps=1e-4, eps_mode="add",
                 singleton_group="zero", batch_norm="sample", batch_eps=1e-4, batch_eps_mode="add"),
     "verl": dict(group_baseline="mean", group_std="unbiased", group_eps=1e-6, eps_mode="add",
                  singleton_group="raw", batch_norm="token", batch_eps=1e-8, batch_eps_mode="inside_sqrt"),
-    "nemo_rl": dict(group_baseline="leave_one_out", group_std="leave_one_out", group_eps=1e-6,
+    "nemo_rl": dict(group_baseline="mean", group_std="unbiased", group_eps=1e-6,
                     eps_mode="where_positive", singleton_group="zero", batch_norm="sample", batch_eps=0.0,
                     batch_eps_mode="where_positive"),
 }

@@ -7,13 +7,13 @@ affine map shared by the whole batch, so it does not change the count and is lef
 so are the epsilons (an eps makes (0,1) and (0,2) differ in the 5th digit, which would
 hide exactly the collapse being measured): a zero-std group gets advantage 0.
 
-How tuples are compared (`compare`):
-- "aligned" (default): each multiset's rollouts are listed in a canonical order (ascending
-  reward vector, read as a binary number) and the advantage tuple is compared position by
-  position. Two multisets count as one advantage group when the canonically ordered
-  rollouts receive the same advantages.
-- "sorted": the advantage values of a multiset are sorted before comparing, i.e. only the
-  multiset of advantage values matters, whatever rollout got which value.
+How advantage groups are compared (`compare`):
+- "sorted" (default, the paper's counting, its Fig. 3): a multiset of G rollouts has no
+  order, so it maps to the multiset of its G advantage values; two multisets are the same
+  advantage group when their sorted advantage values are equal.
+- "aligned": each multiset's rollouts are listed in a canonical order (ascending reward
+  vector, read as a binary number) and the advantages are compared position by position,
+  so equal values reached by different reward vectors count as different groups.
 Values are compared after rounding to `decimals` digits.
 """
 
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 ANALYSIS_ESTIMATORS = ("grpo", "gdpo", "grpo-nostd")
-COMPARE_MODES = ("aligned", "sorted")
+COMPARE_MODES = ("sorted", "aligned")
 MAX_MULTISETS = 5_000_000  # about 1 GB of temporaries at G = 4, K = 7; keeps a shared CPU box usable
 CHUNK = 1 << 18
 
@@ -38,11 +38,11 @@ class GroupCount:
     estimator: str
     distinct_groups: int
     multisets: int
-    compare: str = "aligned"
+    compare: str = "sorted"
 
     def as_json(self) -> dict[str, object]:
         return {"rewards": self.rewards, "rollouts": self.rollouts, "estimator": self.estimator,
-                "distinct_groups": self.distinct_groups}
+                "compare": self.compare, "distinct_groups": self.distinct_groups}
 
 
 def multiset_count(num_rewards: int, rollouts: int) -> int:
@@ -96,7 +96,7 @@ def group_advantages(rewards: Tensor, estimator: str) -> Tensor:
     raise ValueError(f"unknown analysis estimator {estimator!r}; choose from {', '.join(ANALYSIS_ESTIMATORS)}")
 
 
-def count_distinct_groups(num_rewards: int, rollouts: int, estimator: str, compare: str = "aligned",
+def count_distinct_groups(num_rewards: int, rollouts: int, estimator: str, compare: str = "sorted",
                           decimals: int = 6) -> GroupCount:
     """Number of distinct advantage tuples over all multisets of `rollouts` binary reward vectors."""
     if num_rewards < 1 or rollouts < 1:

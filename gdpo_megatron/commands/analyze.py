@@ -1,6 +1,6 @@
 """`gdpo analyze`: the GDPO paper's advantage analysis.
 
-    gdpo analyze groups --rewards 2 --rollouts 2..11 [--estimator grpo,gdpo] [--compare aligned|sorted] [--json]
+    gdpo analyze groups --rewards 2 --rollouts 2..11 [--estimator grpo,gdpo] [--compare sorted|aligned] [--json]
     gdpo analyze example
 """
 
@@ -49,13 +49,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     groups = actions.add_parser(
         "groups", help="count distinct advantage groups over all multisets of binary reward vectors",
         description="Enumerate every multiset of G rollouts with K binary rewards, normalize each as one group "
-                    "and count the distinct advantage tuples (see docs/advantages.md).")
+                    "and count the distinct advantage groups (by default as the GDPO paper does: a group is "
+                    "the multiset of its advantage values; see docs/advantages.md).")
     groups.add_argument("--rewards", type=parse_range, required=True, metavar="K", help="number of rewards: 3, 1..6")
     groups.add_argument("--rollouts", type=parse_range, required=True, metavar="G", help="rollouts per group: 4, 2..11")
     groups.add_argument("--estimator", type=parse_estimators, default=["grpo", "gdpo"],
                         help=f"one or more of {', '.join(ANALYSIS_ESTIMATORS)}, comma separated (default grpo,gdpo)")
-    groups.add_argument("--compare", choices=COMPARE_MODES, default="aligned",
-                        help="aligned: advantages of the canonically ordered rollouts; sorted: the sorted values")
+    groups.add_argument("--compare", choices=COMPARE_MODES, default="sorted",
+                        help="sorted (default, the GDPO paper's Fig. 3): a group is the multiset of its advantage "
+                             "values; aligned: advantages of the canonically ordered rollouts, position by position")
     groups.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     groups.set_defaults(func=_groups)
     example = actions.add_parser("example", help="the paper's toy case: totals (0,1) vs (0,2) under GRPO and GDPO")
@@ -75,6 +77,7 @@ def _groups(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.as_json() for r in rows]))
         return 0
+    print(f"distinct advantage groups (--compare {args.compare})")
     print(f"{'rewards':>7} {'rollouts':>8} {'estimator':>10} {'distinct_groups':>15} {'multisets':>10}")
     for r in rows:
         print(f"{r.rewards:>7} {r.rollouts:>8} {r.estimator:>10} {r.distinct_groups:>15} {r.multisets:>10}")

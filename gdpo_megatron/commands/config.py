@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from gdpo_megatron.config import load_recipe, recipe_to_yaml
+from gdpo_megatron.config import recipe_to_yaml
+from gdpo_megatron.recipe_checks import load_checked_recipe
 from gdpo_megatron.config.recipe import RecipeConfig
 from gdpo_megatron.config.schema import describe
 
@@ -22,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _show(args: argparse.Namespace) -> int:
-    print(recipe_to_yaml(load_recipe(args.recipe, args.overrides)), end="")
+    print(recipe_to_yaml(load_checked_recipe(args.recipe, args.overrides)), end="")
     return 0
 
 

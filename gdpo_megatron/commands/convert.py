@@ -47,9 +47,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from gdpo_megatron.conversion.verify import verify_conversion
+    import sys
 
-    result = verify_conversion(args.hf, tp=args.tp, pp=args.pp)
+    from gdpo_megatron.conversion.verify import VerifyError, verify_conversion
+
+    try:
+        result = verify_conversion(args.hf, tp=args.tp, pp=args.pp)
+    except VerifyError as exc:
+        print(f"gdpo convert verify: {exc}", file=sys.stderr)
+        return 2
     ok = result.max_abs_diff <= args.tolerance
     print(f"layout: tp={args.tp} pp={args.pp}, {result.positions} positions")
     print(f"greedy next tokens agree: {'yes' if result.greedy_agree else 'no'}")

@@ -13,14 +13,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("launch", help="submit a recipe to Slurm (Ray across the nodes) or run it locally")
     add_recipe_arguments(parser)
     parser.add_argument("--cluster", required=True, metavar="CLUSTER.yaml",
-                        help="cluster profile (see launchers/clusters/)")
+                        help="cluster profile (see clusters/)")
     parser.add_argument("--dryrun", action="store_true", help="write the sbatch/task scripts and print them; submit nothing")
     parser.add_argument("--force", action="store_true", help="launch even if `gdpo plan` says it does not fit")
     parser.set_defaults(func=_launch)
 
 
 def _launch(args: argparse.Namespace) -> int:
-    from gdpo_megatron.launch import load_profile, make_spec, submit
+    from gdpo_megatron.submission import load_profile, make_spec, submit
     from gdpo_megatron.planner import format_plan, make_plan
 
     profile = load_profile(args.cluster)

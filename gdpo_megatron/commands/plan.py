@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from gdpo_megatron.config import load_recipe
+from gdpo_megatron.recipe_checks import load_checked_recipe
 
 from ._common import add_recipe_arguments
 
@@ -23,7 +23,7 @@ def _plan(args: argparse.Namespace) -> int:
 
     from gdpo_megatron.orchestration.placement import PlacementError, format_placement, placement_shape
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipe = load_checked_recipe(args.recipe, args.overrides)
     plan = make_plan(recipe)
     try:
         placement, placement_error = placement_shape(recipe), None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from gdpo_megatron.planner.recipe_index import default_recipes_dir, index_recipes
+from gdpo_megatron.recipe_index import default_recipes_dir, index_recipes
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from gdpo_megatron.config import load_recipe
+from gdpo_megatron.recipe_checks import load_checked_recipe
 
 from ._common import add_recipe_arguments
 
@@ -28,7 +28,7 @@ def _train(args: argparse.Namespace) -> int:
     from gdpo_megatron.orchestration.failures import WorkerFailure
     from gdpo_megatron.trainer import Trainer
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipe = load_checked_recipe(args.recipe, args.overrides, require_data_files=True)
     run_dir = run_directory(recipe)
     print(f"[train] {recipe.name}: {recipe.algorithm.estimator} with rewards "
           f"{', '.join(recipe.algorithm.reward_names)}; run directory {run_dir}", flush=True)

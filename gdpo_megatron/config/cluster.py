@@ -1,6 +1,4 @@
 """The `cluster` section: the machine shape a recipe is written for.
-
-Owned by the recipes/planner work (issue 7); extend here, keep every field documented.
 """
 
 from __future__ import annotations
@@ -22,13 +20,6 @@ class ClusterConfig(Section):
     gpu_memory_gib: Optional[float] = option(None, gt=0, doc="device memory in GiB for a kind the planner does not "
                                                              "know (or to plan with a smaller budget)")
     cpu_workers: int = option(1, ge=1, doc="policy workers on a CPU host (gloo ranks)")
-
-    def validate(self) -> None:
-        if self.gpus_per_node > 0:
-            # Imported here: the planner imports the config package, not the other way round.
-            from gdpo_megatron.planner.gpus import gpu_kind
-
-            gpu_kind(self.gpu_type, self.gpu_memory_gib)
 
     @property
     def is_cpu(self) -> bool:

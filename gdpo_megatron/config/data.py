@@ -1,6 +1,4 @@
 """The `data` section: prompt datasets and templates.
-
-Owned by the rewards/data work (issue 5); extend here, keep every field documented.
 """
 
 from __future__ import annotations
@@ -37,10 +35,3 @@ class DataConfig(Section):
                               f"tasks: {', '.join(TASKS)}")
         if self.task != "synthetic" and self.train_path is None:
             raise ConfigError(f"train_path: task {self.task!r} needs a data file (only 'synthetic' is generated)")
-        if self.task == "synthetic":
-            from gdpo_megatron.data.synthetic import DEFAULTS
-
-            unknown = sorted(set(self.args) - set(DEFAULTS))
-            if unknown:
-                raise ConfigError(f"args: unknown synthetic option {unknown[0]!r}"
-                                  f"{did_you_mean(unknown[0], DEFAULTS)}; known: {', '.join(sorted(DEFAULTS))}")

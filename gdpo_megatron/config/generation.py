@@ -1,6 +1,4 @@
 """The `generation` section: rollout backend, engines, sampling and weight refit.
-
-Owned by the generation work (issue 4); extend here, keep every field documented.
 """
 
 from __future__ import annotations

@@ -1,6 +1,4 @@
 """The `policy.optimizer` section: Adam, gradient clipping and the LR schedule.
-
-Owned by the train-step work (issue 3, losses/optimizer part); extend here, keep every field documented.
 """
 
 from __future__ import annotations

@@ -1,6 +1,4 @@
 """The `policy` section: the Megatron model, its parallel layout, precision and optimizer.
-
-Owned by the policy work (issue 3); extend here, keep every field documented.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from .warmstart import WarmstartConfig
 
 @dataclass
 class RecipeConfig(Section):
-    """A complete run description; see docs/config-reference.md for every key."""
+    """A complete run description; `gdpo config reference` lists every key."""
 
     name: str = option("unnamed", doc="run name (used for the run directory and loggers)")
     seed: int = option(1234, doc="global seed")

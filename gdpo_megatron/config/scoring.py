@@ -1,6 +1,4 @@
 """The `scoring` section: how the reward runner executes reward functions.
-
-Owned by the rewards work (issue 5); extend here, keep every field documented.
 """
 
 from __future__ import annotations

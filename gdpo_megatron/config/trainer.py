@@ -1,6 +1,4 @@
 """The `trainer` section: batch sizes, loop length, checkpoints, logging and reliability.
-
-Owned by the training-loop work (issue 6); extend here, keep every field documented.
 """
 
 from __future__ import annotations

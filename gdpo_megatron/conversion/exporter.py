@@ -26,7 +26,7 @@ from gdpo_megatron.policy.model import resolve_model_config, unwrap, vocab_info
 
 from . import tensor_layout as tl
 from .families import FAMILIES, HFNames
-from .plan import ParamEntry, chunk_entries
+from .weight_map import ParamEntry, chunk_entries
 
 
 def _gather_tp(tensor: torch.Tensor, group, tp_size: int) -> list[torch.Tensor]:

@@ -12,7 +12,7 @@ from gdpo_megatron.policy.model import resolve_model_config, unwrap, vocab_info
 from . import tensor_layout as tl
 from .families import FAMILIES
 from .hf_reader import HFCheckpointReader
-from .plan import ParamEntry, chunk_entries
+from .weight_map import ParamEntry, chunk_entries
 
 
 def _local_piece(entry: ParamEntry, reader: HFCheckpointReader, *, tp_size: int, tp_rank: int,

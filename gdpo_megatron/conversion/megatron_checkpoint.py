@@ -17,7 +17,7 @@ from pathlib import Path
 from gdpo_megatron.config.errors import ConfigError
 from gdpo_megatron.config.policy import ModelConfig, ParallelConfig, PolicyConfig
 from gdpo_megatron.config.schema import build, to_dict
-from gdpo_megatron.distributed.launch import LaunchContext, spawn_local
+from gdpo_megatron.distributed.spawn import SpawnContext, spawn_local
 
 MODEL_SUBDIR = "model"
 META_FILE = "gdpo_model.json"
@@ -34,7 +34,7 @@ def sharded_model_state(model_chunks) -> dict:
     return {"model": unwrap(model_chunks[0]).sharded_state_dict()}
 
 
-def _hf_to_megatron_worker(ctx: LaunchContext, hf_dir: str, out_dir: str, tp: int, pp: int) -> None:
+def _hf_to_megatron_worker(ctx: SpawnContext, hf_dir: str, out_dir: str, tp: int, pp: int) -> None:
     import torch.distributed as dist
     from megatron.core import dist_checkpointing
 
@@ -70,7 +70,7 @@ def read_model_meta(megatron_dir: str | Path) -> ModelConfig:
     return build(ModelConfig, json.loads(path.read_text()), lambda _: str(path))
 
 
-def _megatron_to_hf_worker(ctx: LaunchContext, megatron_dir: str, out_dir: str, tp: int, pp: int) -> None:
+def _megatron_to_hf_worker(ctx: SpawnContext, megatron_dir: str, out_dir: str, tp: int, pp: int) -> None:
     from megatron.core import dist_checkpointing
 
     from gdpo_megatron.conversion.exporter import save_hf_checkpoint

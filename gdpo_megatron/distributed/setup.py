@@ -90,7 +90,7 @@ def init_distributed(
     from megatron.core import parallel_state as mpu
     from megatron.core import tensor_parallel
 
-    from gdpo_megatron.policy.layout import validate_world
+    from gdpo_megatron.parallel_layout import validate_world
 
     use_cuda = torch.cuda.is_available()
     backend = backend or ("nccl" if use_cuda else "gloo")

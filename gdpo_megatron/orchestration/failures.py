@@ -5,7 +5,10 @@ RayActorError subclass with a multi-line system message; an exception inside a w
 as a RayTaskError wrapping the remote traceback. Both become `WorkerFailure`, whose
 message names the worker (its Ray actor name, e.g. `policy-rank1`), the node it ran on
 (the address in Ray's report, else the one the trainer recorded at start-up) and the
-training step, and says that the run resumes from the last complete checkpoint.
+training step. Where a rerun can help (a process died, a node was lost, an unexpected
+error) it says that the same command resumes from the last complete checkpoint; where the
+cause is the recipe, the data or the code (a configuration error, an import error, a bad
+argument) it says that a rerun fails the same way.
 """
 
 from __future__ import annotations
@@ -21,21 +24,35 @@ _IP = re.compile(r"^\s*ip: (?P<ip>\S+)\s*$", re.MULTILINE)
 _TASK_IP = re.compile(r"\bip=(?P<ip>[0-9a-fA-F.:]+)")
 
 
+def rerun_can_fix(cause: BaseException | None) -> bool:
+    """False for errors that are the same on every attempt: the recipe, the data or the code."""
+    from gdpo_megatron.config.errors import ConfigError
+    from gdpo_megatron.data.records import RecordError
+
+    deterministic = (ConfigError, RecordError, ImportError, KeyError, TypeError, NotImplementedError)
+    return not isinstance(cause, deterministic)
+
+
 class WorkerFailure(RuntimeError):
     def __init__(self, worker: str, step: int | None, kind: str, detail: str,
-                 checkpoint_hint: str = "the last complete checkpoint", node: str | None = None) -> None:
+                 checkpoint_hint: str = "the last complete checkpoint", node: str | None = None,
+                 resumable: bool = True) -> None:
         self.worker = worker
         self.node = node
         self.step = step
         self.kind = kind  # "died" (process gone) or "raised" (exception inside the worker)
         self.detail = detail
+        self.resumable = resumable
         when = f"during step {step}" if step is not None else "before the first step"
         what = "died" if kind == "died" else "failed"
         where = f" on node {node}" if node else ""
-        super().__init__(
-            f"worker {worker}{where} {what} {when}: {detail}\n"
-            f"The run stopped. Rerun the same command to resume from {checkpoint_hint} "
-            "(trainer.resume=auto); steps after it are recomputed.")
+        if resumable:
+            advice = (f"The run stopped. Rerun the same command to resume from {checkpoint_hint} "
+                      "(trainer.resume=auto); steps after it are recomputed.")
+        else:
+            advice = ("The run stopped. This error does not go away by itself: fix its cause (the recipe, "
+                      "the data or the code named above) before running again.")
+        super().__init__(f"worker {worker}{where} {what} {when}: {detail}\n{advice}")
 
 
 def _actor_death_detail(message: str) -> str:
@@ -86,7 +103,8 @@ def as_worker_failure(exc: BaseException, step: int | None, worker: str | None =
         worker = worker or (_actor_name(actor_id.group(1)) if actor_id else None) or function
         ip = _TASK_IP.search(header.group(0) if header else "") or _TASK_IP.search(text)
         node = ip.group("ip") if ip else nodes.get(worker)
-        return WorkerFailure(worker, step, "raised", f"{summary} ({where})", checkpoint_hint, node)
+        return WorkerFailure(worker, step, "raised", f"{summary} ({where})", checkpoint_hint, node,
+                             resumable=rerun_can_fix(cause))
     return None
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from gdpo_megatron.config.errors import ConfigError
+from gdpo_megatron.parallel_layout import world_problems
 
 # A colocated policy rank and engine split their GPU evenly; vLLM's own memory limit is
 # `generation.gpu_memory_utilization`, the Ray share only decides who may sit on the GPU.
@@ -181,12 +182,10 @@ def placement_shape(recipe: Any) -> PlacementShape:
                 f"generation: {engines} engines x tensor_parallel {tp} use all {nodes * per_node} GPUs of cluster "
                 f"({nodes} nodes x {per_node}); leave GPUs for the policy or set generation.colocated=true")
     world = len(policy_devices)
-    model_parallel = parallel.tensor * parallel.pipeline
-    if world % model_parallel:
+    for problem in world_problems(parallel, world, "policy worker count"):
         raise PlacementError(
-            f"policy.parallel: tensor {parallel.tensor} x pipeline {parallel.pipeline} = {model_parallel} does not "
-            f"divide the {world} policy workers (cluster.nodes x "
-            f"{'gpus_per_node' if use_gpus else 'cpu_workers'}{' minus engine GPUs' if use_gpus and not colocated else ''})")
+            f"{problem.key}: {problem.message}; the policy workers are cluster.nodes x "
+            f"{'gpus_per_node' if use_gpus else 'cpu_workers'}{' minus engine GPUs' if use_gpus and not colocated else ''}")
 
     # Bundles, node-major: the node's policy devices, then its engine-only devices.
     engine_at = {dev: e for e, devs in enumerate(engine_devices) for dev in devs}

@@ -49,7 +49,7 @@ class PolicyWorker:
         os.environ.update(RANK=str(self.rank), WORLD_SIZE=str(self.world_size), LOCAL_RANK=str(local),
                           MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
         from gdpo_megatron.distributed.setup import init_distributed
-        from gdpo_megatron.policy.policy import MegatronPolicy
+        from gdpo_megatron.megatron_policy import MegatronPolicy
 
         self.parallel_state = init_distributed(self.recipe.policy.parallel)
         self.policy = MegatronPolicy(self.recipe)

@@ -2,7 +2,7 @@
 
 from .gpus import GPU_KINDS, GpuKind, gpu_kind
 from .memory import EngineMemory, TrainingLayout, TrainingMemory, engine_memory, training_memory
-from .plan import Finding, Plan, make_plan
+from .feasibility import Finding, Plan, make_plan
 from .report import format_plan
 
 __all__ = ["GPU_KINDS", "EngineMemory", "Finding", "GpuKind", "Plan", "TrainingLayout", "TrainingMemory",

@@ -57,6 +57,12 @@ class TrainingLayout:
     recompute: bool = False
     sequence_parallel: bool = False
     virtual_pipeline: Optional[int] = None
+    stage_layers: Optional[tuple[int, ...]] = None  # layers per pipeline stage (None: even split)
+
+    def layers_on(self, stage: int, num_layers: int) -> int:
+        if self.stage_layers is not None:
+            return self.stage_layers[stage]
+        return math.ceil(num_layers / self.pipeline)
 
 
 @dataclass(frozen=True)
@@ -102,19 +108,22 @@ class EngineMemory:
         return asdict(self)
 
 
-def stage_params(arch: ModelArch, tensor: int, pipeline: int) -> tuple[float, float]:
+def stage_params(arch: ModelArch, tensor: int, pipeline: int,
+                 stage_layers: Optional[tuple[int, ...]] = None) -> tuple[float, float]:
     """Parameters per GPU on the first and on the last pipeline stage.
 
     Norm weights are replicated over TP in reality; dividing them too is off by <0.01%.
     A tied embedding still needs its copy on the last stage when pipeline > 1.
     """
-    layers = math.ceil(arch.num_layers / pipeline) * arch.layer_params()
+    even = math.ceil(arch.num_layers / pipeline)
+    first_layers, last_layers = (stage_layers[0], stage_layers[-1]) if stage_layers else (even, even)
     embedding = arch.embedding_params()
     output = embedding if (not arch.tie_embeddings or pipeline > 1) else 0
     final_norm = arch.hidden_size
     if pipeline == 1:
-        return ((layers + embedding + output + final_norm) / tensor,) * 2
-    return (layers + embedding) / tensor, (layers + output + final_norm) / tensor
+        return ((first_layers * arch.layer_params() + embedding + output + final_norm) / tensor,) * 2
+    return ((first_layers * arch.layer_params() + embedding) / tensor,
+            (last_layers * arch.layer_params() + output + final_norm) / tensor)
 
 
 def bytes_per_param(dtype: str, fp8_params: bool, distributed_optimizer: bool, data: int) -> tuple[float, float, float]:
@@ -153,10 +162,10 @@ def in_flight_microbatches(layout: TrainingLayout) -> float:
     return in_flight
 
 
-def activation_bytes(arch: ModelArch, layout: TrainingLayout, in_flight: float) -> float:
+def activation_bytes(arch: ModelArch, layout: TrainingLayout, in_flight: float, stage: int = 0) -> float:
     tokens = layout.micro_batch_size * layout.seq_length
     element = ACTIVATION_BYTES.get(layout.dtype, 2)
-    layers = math.ceil(arch.num_layers / layout.pipeline)
+    layers = layout.layers_on(stage, arch.num_layers)
     full = layer_activation_bytes(arch, tokens, layout.tensor, layout.sequence_parallel, element)
     if not layout.recompute:
         return full * layers * in_flight
@@ -170,8 +179,8 @@ def logits_bytes(arch: ModelArch, layout: TrainingLayout) -> float:
 
 
 def training_memory(arch: ModelArch, layout: TrainingLayout) -> TrainingMemory:
-    """Per-GPU training memory on the heavier of the first and last pipeline stages."""
-    first_params, last_params = stage_params(arch, layout.tensor, layout.pipeline)
+    """Per-GPU training memory on the heaviest of the first, a middle and the last pipeline stage."""
+    first_params, last_params = stage_params(arch, layout.tensor, layout.pipeline, layout.stage_layers)
     w, g, o = bytes_per_param(layout.dtype, layout.fp8_params, layout.distributed_optimizer, layout.data)
     reserve = RUNTIME_RESERVE_GIB * GIB
     first_in_flight = in_flight_microbatches(layout)
@@ -182,8 +191,17 @@ def training_memory(arch: ModelArch, layout: TrainingLayout) -> TrainingMemory:
     if layout.pipeline == 1:
         return replace(first, stage="only")
     last = TrainingMemory("last", last_params, last_params * w, last_params * g, last_params * o,
-                          activation_bytes(arch, layout, 1.0), logits, reserve)
-    return first if first.total >= last.total else last
+                          activation_bytes(arch, layout, 1.0, stage=-1), logits, reserve)
+    candidates = [first, last]
+    if layout.stage_layers is not None and layout.pipeline > 2:
+        # An uneven split can make a middle stage (second one: most micro-batches in flight
+        # among the middle stages) the heaviest.
+        middle_params = layout.stage_layers[1] * arch.layer_params() / layout.tensor
+        middle_in_flight = max(1.0, min(layout.pipeline - 1, layout.num_microbatches))
+        candidates.append(TrainingMemory("middle", middle_params, middle_params * w, middle_params * g,
+                                         middle_params * o, activation_bytes(arch, layout, middle_in_flight, 1),
+                                         0.0, reserve))
+    return max(candidates, key=lambda m: m.total)
 
 
 def kv_bytes_per_token(arch: ModelArch, engine_tensor: int) -> float:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .memory import GIB
-from .plan import Plan
+from .feasibility import Plan
 
 
 def _gib(value: float) -> str:

@@ -1,1 +1,1 @@
-"""The megatron-core policy: model build, layout checks, logprobs, train step, optimizer, checkpoints."""
+"""The megatron-core policy: model build, logprobs, train step, optimizer, checkpoints."""

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from gdpo_megatron.config.errors import ConfigError
 from gdpo_megatron.config.policy import ModelConfig, PolicyConfig, RopeScalingConfig
 from gdpo_megatron.policy.hf_config import model_fields_from_hf
-from gdpo_megatron.policy.layout import padded_vocab_size, stage_layer_counts, validate_layout
+from gdpo_megatron.parallel_layout import padded_vocab_size, stage_layer_counts, validate_layout
 
 _FAMILY_DEFAULTS = {  # what the family implies when the recipe leaves a field null
     "llama": {"qkv_bias": False, "qk_norm": False},

@@ -68,7 +68,7 @@ def main():
     from megatron.core import parallel_state as mpu
 
     from gdpo_megatron.distributed.setup import destroy_distributed, init_distributed
-    from gdpo_megatron.policy.policy import MegatronPolicy
+    from gdpo_megatron.megatron_policy import MegatronPolicy
 
     results = {}
     init_distributed(recipe(tp, pp, mbs, MODES[0]).policy.parallel, seed=SEED)
@@ -103,7 +103,7 @@ def nan_skip_case(tp, pp, mbs, init_dir):
 
     import torch
 
-    from gdpo_megatron.policy.policy import MegatronPolicy
+    from gdpo_megatron.megatron_policy import MegatronPolicy
 
     torch.manual_seed(SEED)
     policy = MegatronPolicy(recipe(tp, pp, mbs, "token-mean"))

@@ -30,7 +30,7 @@ GREEDY = SamplingSettings(n=1, temperature=0.0, max_new_tokens=10)
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     from gdpo_megatron.distributed.setup import destroy_distributed, init_distributed
-    from gdpo_megatron.policy.policy import MegatronPolicy
+    from gdpo_megatron.megatron_policy import MegatronPolicy
 
     path = save_tiny_hf_model(tmp_path_factory.mktemp("tiny") / "llama", "llama")
     recipe = build(RecipeConfig, {

@@ -15,7 +15,7 @@ def main():
     from test_train_step_worker import SEED, make_batch, recipe
 
     from gdpo_megatron.distributed.setup import destroy_distributed, init_distributed
-    from gdpo_megatron.policy.policy import MegatronPolicy
+    from gdpo_megatron.megatron_policy import MegatronPolicy
 
     work = sys.argv[1]
     r = recipe(1, 1, 2, "token-mean")

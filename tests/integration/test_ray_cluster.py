@@ -119,6 +119,11 @@ class _Rank:
     def fail(self):
         raise ValueError("loss is a string")
 
+    def misconfigured(self):
+        from gdpo_megatron.config.errors import ConfigError
+
+        raise ConfigError("algorithm.rewards[0].function: unknown reward function 'nope'")
+
     def ok(self):
         return os.getpid()
 
@@ -158,6 +163,16 @@ def test_exception_inside_worker_and_other_errors(cluster):
                                             r"a string \(in _Rank.fail, pid \d+\)"):
         with worker_failures(2):
             ray.get(worker.fail.remote())
+    with pytest.raises(WorkerFailure) as transient:
+        with worker_failures(2):
+            ray.get(worker.fail.remote())
+    assert transient.value.resumable and "Rerun the same command" in str(transient.value)
+    with pytest.raises(WorkerFailure) as permanent:
+        with worker_failures(2):
+            ray.get(worker.misconfigured.remote())
+    assert not permanent.value.resumable
+    assert "ConfigError: algorithm.rewards[0].function" in str(permanent.value)
+    assert "Rerun" not in str(permanent.value) and "fix its cause" in str(permanent.value)
     with pytest.raises(KeyError):  # not a worker failure: passes through untouched
         with worker_failures(2):
             raise KeyError("x")

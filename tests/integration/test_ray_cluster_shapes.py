@@ -75,11 +75,13 @@ def test_gpu_split_over_two_nodes_keeps_engines_on_every_node():
 
 @pytest.mark.parametrize("cluster, generation, parallel, message", [
     (ClusterConfig(nodes=1, gpus_per_node=8), GenerationConfig(num_engines=1), ParallelConfig(tensor=3),
-     r"policy.parallel: tensor 3 x pipeline 1 = 3 does not divide the 8 policy workers"),
+     r"policy.parallel: policy worker count 8 is not divisible by policy.parallel.tensor=3 \* "
+     r"policy.parallel.pipeline=1 = 3"),
     (ClusterConfig(nodes=1, gpus_per_node=4), GenerationConfig(num_engines=2, tensor_parallel=2, colocated=False),
      ParallelConfig(), r"generation: 2 engines x tensor_parallel 2 use all 4 GPUs"),
     (ClusterConfig(nodes=1, gpus_per_node=0, cpu_workers=3), GenerationConfig(colocated=False),
-     ParallelConfig(pipeline=2), r"does not divide the 3 policy workers \(cluster.nodes x cpu_workers\)"),
+     ParallelConfig(pipeline=2), r"policy worker count 3 is not divisible by .*; the policy workers are "
+     r"cluster.nodes x cpu_workers"),
     (ClusterConfig(nodes=1, gpus_per_node=4), GenerationConfig(num_engines=5), ParallelConfig(),
      r"generation: 5 colocated engines x tensor_parallel 1 need 5 GPUs, the cluster has 4"),
     (ClusterConfig(nodes=2, gpus_per_node=6), GenerationConfig(num_engines=2, tensor_parallel=4), ParallelConfig(),

@@ -119,17 +119,31 @@ def test_verl_requires_a_response_mask():
 
 # --------------------------------------------------------------------- NeMo-RL preset
 
+LOO = dict(group_baseline="leave_one_out", group_std="leave_one_out")  # NeMo-RL's use_leave_one_out_baseline: true
+
+
+def test_nemo_rl_shipped_gdpo_config_group_mean_and_unbiased_std():
+    # NeMo-RL's GDPO recipes: use_leave_one_out_baseline false. [1, 1, 0] per group: mean 2/3,
+    # unbiased std sqrt(1/3): scores (1/3)/(s+1e-6), (1/3)/(s+1e-6), (-2/3)/(s+1e-6), then the batch
+    # step (x - mean)/unbiased std; both groups equal, so the result is the standardized [1, 1, -2].
+    config = algo(names=("a",), preset="nemo_rl")
+    z = [v / statistics.stdev([1, 1, -2, 1, 1, -2]) for v in (1, 1, -2)]
+    close(adv([[1], [1], [0], [1], [1], [0]], [0, 0, 0, 1, 1, 1], config).advantages, z + z)
+    s = math.sqrt(1 / 3)
+    close(adv([[1], [1], [0]], [0, 0, 0], algo(names=("a",), preset="nemo_rl", batch_norm="none")).advantages,
+          [(1 / 3) / (s + 1e-6), (1 / 3) / (s + 1e-6), (-2 / 3) / (s + 1e-6)])
+
 def test_nemo_rl_leave_one_out_mean_and_std_then_batch_unbiased_no_eps():
     # [1, 0, 0, 1]: each 1 sees others [0, 0, 1] (mean 1/3, unbiased std sqrt(1/3)), each 0 sees [1, 0, 1].
     # Scores are +-c with c = (2/3)/(sqrt(1/3)+1e-6); batch: mean 0, std = c*sqrt(4/3) -> +-sqrt(3)/2.
-    config = algo(names=("a",), preset="nemo_rl")
+    config = algo(names=("a",), preset="nemo_rl", **LOO)
     h = math.sqrt(3) / 2
     close(adv([[1], [0], [0], [1]], [0, 0, 0, 0], config).advantages, [h, -h, -h, h])
 
 
 def test_nemo_rl_others_constant_means_no_division():
     # [1, 0, 0]: row 0's others are [0, 0] (std 0) -> 1 - 0 = 1; rows 1, 2 see [1, 0]: -0.5/(sqrt(.5)+1e-6).
-    config = algo(names=("a",), preset="nemo_rl", batch_norm="none")
+    config = algo(names=("a",), preset="nemo_rl", batch_norm="none", **LOO)
     m = -0.5 / (math.sqrt(0.5) + 1e-6)
     close(adv([[1], [0], [0]], [3, 3, 3], config).advantages, [1.0, m, m])
 
@@ -137,7 +151,7 @@ def test_nemo_rl_others_constant_means_no_division():
 def test_nemo_rl_batch_std_zero_only_subtracts_mean():
     # groups of 2 rollouts [1, 0]: one other value -> LOO std undefined (0) -> no division: scores +-1;
     # batch std sqrt(4/3) > 0 divides. Identical rewards: all scores 0, batch std 0 -> only centered (0).
-    config = algo(names=("a",), preset="nemo_rl")
+    config = algo(names=("a",), preset="nemo_rl", **LOO)
     close(adv([[1], [0], [1], [0]], [0, 0, 1, 1], config).advantages,
           [x / math.sqrt(4 / 3) for x in (1.0, -1.0, 1.0, -1.0)])
     config_sample = algo(names=("a",), preset="nemo_rl", batch_eps_mode="where_positive")
@@ -234,11 +248,11 @@ def test_nemo_rl_missing_value_left_out_of_leave_one_out_stats():
     # row 0: others (0, 0) -> std 0 -> no division: 1 - 0 = 1
     # rows 2, 3: others (1, 0) -> mean .5, std sqrt(.5) -> -0.5 / (sqrt(.5) + 1e-6)
     m = -0.5 / (math.sqrt(0.5) + 1e-6)
-    config = algo(names=("a",), preset="nemo_rl", batch_norm="none")
+    config = algo(names=("a",), preset="nemo_rl", batch_norm="none", **LOO)
     close(adv([[1], [NAN], [0], [0]], [1, 1, 1, 1], config).advantages, [1.0, 0.0, m, m])
     # with the preset's batch step: (x - mean) / unbiased std over the three rollouts with a reward
     values = [1.0, m, m]
     mean, std = statistics.fmean(values), statistics.stdev(values)
-    config = algo(names=("a",), preset="nemo_rl")
+    config = algo(names=("a",), preset="nemo_rl", **LOO)
     close(adv([[1], [NAN], [0], [0]], [1, 1, 1, 1], config).advantages,
           [(1.0 - mean) / std, 0.0, (m - mean) / std, (m - mean) / std])

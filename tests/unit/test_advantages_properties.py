@@ -41,10 +41,10 @@ def test_permuting_rollouts_permutes_advantages(estimator, preset):
     assert torch.allclose(relabelled.advantages, base.advantages, atol=1e-6, rtol=0)
 
 
-# nemo_rl is left out on purpose: where the leave-one-out std is 0 (groups of two, or the
-# others all equal) it does not divide, so that difference scales with the reward; see the
-# test below.
-@pytest.mark.parametrize("preset", ("trl", "verl"))
+# nemo_rl's leave-one-out option is left out on purpose: where the leave-one-out std is 0
+# (groups of two, or the others all equal) it does not divide, so that difference scales
+# with the reward; see the test below.
+@pytest.mark.parametrize("preset", ("trl", "verl", "nemo_rl"))
 def test_gdpo_invariant_to_positive_affine_map_of_one_reward(preset):
     rewards, group_ids, mask = random_batch(3)
     mapped = rewards.clone()
@@ -60,13 +60,13 @@ def test_gdpo_invariant_to_positive_affine_map_of_one_reward(preset):
     assert not torch.equal(a, b)
 
 
-def test_nemo_rl_undivided_fallback_scales_with_the_reward():
+def test_nemo_rl_leave_one_out_undivided_fallback_scales_with_the_reward():
     # groups of two: the leave-one-out std is undefined (0), so the scores are plain
     # differences and a scaled reward changes them; the batch step removes a common scale only.
     rewards = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 1.0]])
     mapped = rewards * torch.tensor([1.0, 5.0])
-    config = AlgorithmConfig(preset="nemo_rl", batch_norm="none",
-                             rewards=[RewardSpec(name="a"), RewardSpec(name="b")])
+    config = AlgorithmConfig(preset="nemo_rl", batch_norm="none", group_baseline="leave_one_out",
+                             group_std="leave_one_out", rewards=[RewardSpec(name="a"), RewardSpec(name="b")])
     group_ids = torch.tensor([0, 0, 1, 1])
     assert compute_advantages(rewards, group_ids, config).advantages.tolist() == [0.0, 0.0, 1.0, -1.0]
     assert compute_advantages(mapped, group_ids, config).advantages.tolist() == [-4.0, 4.0, 1.0, -1.0]

@@ -5,6 +5,7 @@ import json
 import math
 import statistics
 
+import numpy as np
 import pytest
 import torch
 
@@ -55,6 +56,61 @@ def test_counts_equal_brute_force(estimator, compare):
         assert got == brute_force(k, g, estimator, compare), (k, g, estimator, compare)
 
 
+def numpy_brute_force(k, g, estimator):
+    """The paper's counting, written independently of the package: itertools builds every
+    multiset of G reward vectors, numpy normalizes each (population of G, unbiased std,
+    0 for a constant column), and a group is the sorted tuple of its advantages."""
+    types = np.fromiter(itertools.chain.from_iterable(itertools.combinations_with_replacement(range(2 ** k), g)),
+                        dtype=np.int64).reshape(-1, g)
+    rewards = ((types[..., None] >> np.arange(k)) & 1).astype(np.float64)  # [M, G, K]
+
+    def standardize(x):  # over axis 1 (the G rollouts)
+        centered = x - x.mean(axis=1, keepdims=True)
+        std = x.std(axis=1, ddof=1, keepdims=True)
+        safe = np.where(std > 0, std, 1.0)
+        return np.where(std > 0, centered / safe, 0.0)
+
+    if estimator == "gdpo":
+        advantages = standardize(rewards).sum(axis=2)
+    else:
+        advantages = standardize(rewards.sum(axis=2, keepdims=True))[..., 0]
+    groups = np.ascontiguousarray(np.sort(np.rint(advantages * 1e6).astype(np.int64), axis=1))
+    return len(np.unique(groups.view(np.dtype((np.void, 8 * g)))))  # rows as opaque byte strings
+
+
+# What `gdpo analyze groups` prints by default (the paper's Fig. 3 counting); README and
+# docs/advantages.md quote these.
+PAPER_K2 = {"grpo": [2, 4, 7, 11, 16, 22, 29, 37, 46, 56], "gdpo": [3, 6, 14, 26, 38, 59, 81, 109, 145, 186]}
+PAPER_G4 = {"grpo": [7, 14, 23, 41, 56], "gdpo": [14, 45, 127, 318, 722]}
+
+
+def _default_counts(capsys, rewards, rollouts):
+    assert main(["analyze", "groups", "--rewards", rewards, "--rollouts", rollouts, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["compare"] for r in rows} == {"sorted"}
+    return {e: [r["distinct_groups"] for r in rows if r["estimator"] == e] for e in ("grpo", "gdpo")}
+
+
+def test_default_counts_are_the_papers_two_rewards_g_2_to_11(capsys):
+    counts = _default_counts(capsys, "2", "2..11")
+    brute = {e: [numpy_brute_force(2, g, e) for g in range(2, 12)] for e in ("grpo", "gdpo")}
+    assert counts == brute == PAPER_K2
+
+
+def test_default_counts_are_the_papers_four_rollouts_k_2_to_6(capsys):
+    counts = _default_counts(capsys, "2..6", "4")
+    brute = {e: [numpy_brute_force(k, 4, e) for k in range(2, 7)] for e in ("grpo", "gdpo")}
+    assert counts == brute == PAPER_G4
+
+
+def test_aligned_mode_stays_available_by_name():
+    # aligned separates equal advantage values reached by different reward vectors
+    assert count_distinct_groups(2, 11, "gdpo", "aligned").distinct_groups == 266
+    assert count_distinct_groups(5, 4, "gdpo", "aligned").distinct_groups == 1458
+    assert count_distinct_groups(5, 4, "grpo", "aligned").distinct_groups == 199
+    assert count_distinct_groups(2, 11, "grpo", "aligned").distinct_groups == 56
+
+
 def test_hand_counted_small_cases():
     # K=2, G=2: GRPO has (0,0) and (-1/sqrt2, +1/sqrt2); GDPO adds (-sqrt2, +sqrt2) for {00, 11}
     # (the pair {01, 10} gives (0, 0): each reward +-1/sqrt2 with opposite signs).
@@ -62,6 +118,9 @@ def test_hand_counted_small_cases():
     assert count_distinct_groups(2, 2, "gdpo").distinct_groups == 3
     # without std, totals (0,1) and (0,2) differ: (0,0), (-.5,.5), (-1,1)
     assert count_distinct_groups(2, 2, "grpo-nostd").distinct_groups == 3
+    # K=2, G=4 under GDPO: the two modes first differ here (both cross-checked by brute force above)
+    assert (count_distinct_groups(2, 4, "gdpo", "sorted").distinct_groups,
+            count_distinct_groups(2, 4, "gdpo", "aligned").distinct_groups) == (14, 16)
     # one binary reward, G=4: 5 multisets, all-0 and all-1 coincide -> 4
     for estimator in ("grpo", "gdpo", "grpo-nostd"):
         assert count_distinct_groups(1, 4, estimator).distinct_groups == 4
@@ -108,13 +167,14 @@ def test_command_json_and_table(capsys):
     assert main(["analyze", "groups", "--rewards", "2", "--rollouts", "2..4", "--estimator", "grpo,gdpo",
                  "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert rows[:2] == [{"rewards": 2, "rollouts": 2, "estimator": "grpo", "distinct_groups": 2},
-                        {"rewards": 2, "rollouts": 2, "estimator": "gdpo", "distinct_groups": 3}]
+    assert rows[:2] == [{"rewards": 2, "rollouts": 2, "estimator": "grpo", "compare": "sorted", "distinct_groups": 2},
+                        {"rewards": 2, "rollouts": 2, "estimator": "gdpo", "compare": "sorted", "distinct_groups": 3}]
     assert [r["rollouts"] for r in rows] == [2, 2, 3, 3, 4, 4]
     assert main(["analyze", "groups", "--rewards", "1..2", "--rollouts", "4", "--estimator", "grpo-nostd"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].split() == ["rewards", "rollouts", "estimator", "distinct_groups", "multisets"]
-    assert lines[2].split() == ["2", "4", "grpo-nostd", "10", "35"]
+    assert lines[0] == "distinct advantage groups (--compare sorted)"
+    assert lines[1].split() == ["rewards", "rollouts", "estimator", "distinct_groups", "multisets"]
+    assert lines[3].split() == ["2", "4", "grpo-nostd", "10", "35"]
 
 
 def test_command_errors_are_clear(capsys):

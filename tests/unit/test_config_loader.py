@@ -23,7 +23,8 @@ def recipes(tmp_path):
         "generation": {"sampling": {"temperature": 0.7, "stop": ["</answer>"]}},
     })
     write(tmp_path / "base" / "algo.yaml", {
-        "algorithm": {"estimator": "gdpo", "rewards": [{"name": "correct"}, {"name": "fmt", "weight": 0.5}]},
+        "algorithm": {"estimator": "gdpo", "rewards": [{"name": "correct", "function": "synthetic_correct"},
+                                                       {"name": "fmt", "function": "synthetic_format", "weight": 0.5}]},
         "trainer": {"max_steps": 20},
     })
     write(tmp_path / "child.yaml", {
@@ -164,7 +165,7 @@ def test_config_show_prints_resolved_yaml(recipes, capsys):
     shown = yaml.safe_load(capsys.readouterr().out)
     assert shown["trainer"]["max_steps"] == 9
     assert shown["trainer"]["prompts_per_step"] == 4
-    assert shown["algorithm"]["rewards"][1] == {"name": "fmt", "function": None, "weight": 0.5, "args": {},
+    assert shown["algorithm"]["rewards"][1] == {"name": "fmt", "function": "synthetic_format", "weight": 0.5, "args": {},
                                                 "condition": None}
 
 

@@ -114,8 +114,11 @@ def test_load_prompt_dataset_from_files_and_config_errors(tmp_path):
     assert dataset.dropped_too_long == sum(n > 40 for n in lengths) and len(dataset) == sum(n <= 40 for n in lengths)
     with pytest.raises(ConfigError, match="train_path: task 'math' needs a data file"):
         build(DataConfig, {"task": "math"})
-    with pytest.raises(ConfigError, match='args: unknown synthetic option .max_operant. \\(did you mean "max_operand"'):
-        build(DataConfig, {"args": {"max_operant": 5}})
+    from gdpo_megatron.config.recipe import RecipeConfig
+    from gdpo_megatron.recipe_checks import check_recipe
+    with pytest.raises(ConfigError, match='data.args.max_operant: unknown synthetic option .max_operant. '
+                                          '\\(did you mean "max_operand"'):
+        check_recipe(RecipeConfig(data=build(DataConfig, {"args": {"max_operant": 5}})))
     with pytest.raises(ConfigError, match="task: unknown task 'tool_call'"):
         build(DataConfig, {"task": "tool_call", "train_path": path})
 

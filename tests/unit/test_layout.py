@@ -8,7 +8,7 @@ import torch
 from gdpo_megatron.config.errors import ConfigError
 from gdpo_megatron.config.policy import ModelConfig, ParallelConfig, PolicyConfig, PrecisionConfig, RopeScalingConfig
 from gdpo_megatron.conversion import tensor_layout as tl
-from gdpo_megatron.policy.layout import padded_vocab_size, stage_layer_counts, validate_layout, validate_world
+from gdpo_megatron.parallel_layout import padded_vocab_size, stage_layer_counts, validate_layout, validate_world
 from gdpo_megatron.policy.model import check_precision, resolve_model_config, rope_inv_freq
 
 

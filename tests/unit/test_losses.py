@@ -157,8 +157,12 @@ def test_unknown_aggregation_and_registry_extension():
         aggregate(VALUES, MASK, "token-avg", GlobalCounts(4, 2))
     assert {"ppo", "gspo", "gpg"} <= set(POLICY_LOSSES.names())
     from gdpo_megatron.config.errors import ConfigError
-    with pytest.raises(ConfigError, match="unknown loss 'ppo2'"):
-        LossConfig(type="ppo2").validate()
+    from gdpo_megatron.config.recipe import RecipeConfig
+    from gdpo_megatron.recipe_checks import check_recipe
+    recipe = RecipeConfig()
+    recipe.algorithm.loss = LossConfig(type="ppo2")
+    with pytest.raises(ConfigError, match="algorithm.loss.type: unknown loss 'ppo2'"):
+        check_recipe(recipe)
 
 
 def test_empty_batch_gives_zero_not_nan():

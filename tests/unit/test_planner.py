@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from gdpo_megatron.cli import main
-from gdpo_megatron.config import ConfigError, load_recipe
+from gdpo_megatron.config import ConfigError
+from gdpo_megatron.recipe_checks import load_checked_recipe as load_recipe
 from gdpo_megatron.model_catalog import CATALOG, lookup, resolve_arch
 from gdpo_megatron.planner import make_plan
 from gdpo_megatron.planner.memory import bytes_per_param, kv_bytes_per_token
@@ -131,13 +132,14 @@ def test_refuses_70b_without_model_parallelism_and_suggests_a_layout():
 
 
 def test_refusal_suggestion_is_a_layout_that_fits():
-    plan = make_plan(load_recipe(LLAMA_8B, ["policy.parallel.tensor=1", "generation.sampling.max_new_tokens=8000",
-                                            "data.max_prompt_tokens=1024"]))
+    plan = make_plan(load_recipe(LLAMA_8B, ["policy.parallel.tensor=1", "policy.parallel.sequence_parallel=false",
+                                            "generation.sampling.max_new_tokens=8000", "data.max_prompt_tokens=1024"]))
     (message,) = [m for m in errors_of(plan) if m.startswith("error: policy.parallel:")]
     suggestion = message.split("suggestion: ")[1]
     # Recomputation alone would fit training but not the colocated engines beside the resident state.
     assert suggestion == "raise policy.parallel.tensor to 2 or raise policy.parallel.pipeline to 2"
-    base = ["policy.parallel.tensor=1", "generation.sampling.max_new_tokens=8000", "data.max_prompt_tokens=1024"]
+    base = ["policy.parallel.tensor=1", "policy.parallel.sequence_parallel=false",
+            "generation.sampling.max_new_tokens=8000", "data.max_prompt_tokens=1024"]
     assert not make_plan(load_recipe(LLAMA_8B, [*base, "policy.recompute_activations=true"])).fits
     for change in ("policy.parallel.tensor=2", "policy.parallel.pipeline=2"):
         assert make_plan(load_recipe(LLAMA_8B, [*base, change])).fits, change
@@ -147,8 +149,8 @@ def test_refuses_tensor_parallel_across_nodes_and_indivisible_kv_heads():
     plan = make_plan(load_recipe(LLAMA_8B, ["policy.parallel.tensor=16"]))
     assert any("tensor parallel 16 spans nodes (8 GPUs per node)" in m for m in errors_of(plan))
     plan = make_plan(load_recipe(QWEN_1_5B, ["policy.parallel.tensor=4"]))
-    assert "error: policy.parallel.tensor: KV heads (2) of Qwen/Qwen2.5-1.5B-Instruct are not divisible by " \
-           "tensor parallel 4; suggestion: use a tensor parallel size dividing 2" in errors_of(plan)
+    assert "error: policy.parallel.tensor: policy.model.num_query_groups=2 (KV heads) is not divisible by " \
+           "policy.parallel.tensor=4; suggestion: use a tensor size that divides 2" in errors_of(plan)
 
 
 def test_refuses_more_colocated_engines_than_gpus():

@@ -11,7 +11,7 @@ from gdpo_megatron.cli import main
 from gdpo_megatron.config import load_recipe
 from gdpo_megatron.config.schema import to_dict
 from gdpo_megatron.planner import make_plan
-from gdpo_megatron.planner.recipe_index import index_recipes, recipe_files
+from gdpo_megatron.recipe_index import index_recipes, recipe_files
 from gdpo_megatron.rewards.registry import REWARDS
 
 ROOT = Path(__file__).resolve().parents[2] / "recipes"

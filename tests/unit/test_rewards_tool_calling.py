@@ -1,4 +1,4 @@
-"""Golden values of the ToolRL-style rewards, computed by hand from gdpo-reference.md:
+"""Golden values of the ToolRL-style rewards, computed by hand from the ToolRL reward definition:
 R = 6 (r_name + r_param + r_value) / S_max - 3, S_max = 1 + |G| + sum_j |keys(G_j)|."""
 
 import json

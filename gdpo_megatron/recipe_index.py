@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from gdpo_megatron.config import ConfigError, load_recipe
+from gdpo_megatron.config import ConfigError
+from gdpo_megatron.recipe_checks import load_checked_recipe
 
 SHARED_FOLDERS = {"defaults"}   # partial recipes meant to be inherited, not run
 SHARED_FILES = {"base.yaml"}
@@ -24,7 +25,7 @@ class RecipeRow:
 
 def default_recipes_dir() -> Path:
     """The project's recipes/ next to the package (editable install), else ./recipes."""
-    beside_package = Path(__file__).resolve().parents[2] / "recipes"
+    beside_package = Path(__file__).resolve().parents[1] / "recipes"
     return beside_package if beside_package.is_dir() else Path("recipes")
 
 
@@ -37,7 +38,7 @@ def recipe_files(root: str | Path) -> list[Path]:
 def summarize(path: Path, root: Path) -> RecipeRow:
     relative = str(path.relative_to(root))
     try:
-        recipe = load_recipe(path)
+        recipe = load_checked_recipe(path)
     except ConfigError as exc:
         return RecipeRow(relative, "?", "?", "?", "?", "?", error=str(exc))
     cluster, par, gen = recipe.cluster, recipe.policy.parallel, recipe.generation

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gdpo_megatron.config import ConfigError, RecipeConfig, load_recipe
+from gdpo_megatron.config import ConfigError, RecipeConfig
+from gdpo_megatron.recipe_checks import load_checked_recipe
 
 from .profile import ClusterProfile
 
@@ -55,7 +56,7 @@ def path_in_container(path: Path, profile: ClusterProfile) -> str:
 
 def make_spec(recipe_path: str | Path, overrides: list[str], profile: ClusterProfile) -> LaunchSpec:
     recipe_path = Path(recipe_path)
-    recipe = load_recipe(recipe_path, overrides)
+    recipe = load_checked_recipe(recipe_path, overrides)
     job_dir = Path(profile.job_dir).expanduser()
     if profile.executor == "local":
         job_dir = job_dir.resolve()

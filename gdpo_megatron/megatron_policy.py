@@ -1,5 +1,9 @@
 """`MegatronPolicy`: the trained model as the trainer sees it, one instance per rank.
 
+It composes the megatron-core model (gdpo_megatron.policy) with HF weight conversion
+(gdpo_megatron.conversion, which itself builds on the policy's model code), so it lives
+above both packages.
+
     state = init_distributed(recipe.policy.parallel)   # gdpo_megatron.distributed.setup
     policy = MegatronPolicy(recipe)
     batch.old_logprobs = policy.compute_logprobs(batch)            # [B, T], token-aligned
@@ -24,11 +28,13 @@ import torch
 
 from gdpo_megatron.config.recipe import RecipeConfig
 
-from .batch import PolicyBatch
-from .checkpoint import load_model_weights, load_policy_checkpoint, save_model_weights, save_policy_checkpoint
-from .model import build_model, vocab_info
-from .optimizer import build_optimizer, build_scheduler, wrap_ddp
-from .train_step import StepSettings, compute_logprobs, train_batch
+from gdpo_megatron.conversion import export_hf_weights, load_hf_weights
+from gdpo_megatron.policy.batch import PolicyBatch
+from gdpo_megatron.policy.checkpoint import (load_model_weights, load_policy_checkpoint, save_model_weights,
+                                             save_policy_checkpoint)
+from gdpo_megatron.policy.model import build_model, unwrap, vocab_info
+from gdpo_megatron.policy.optimizer import build_optimizer, build_scheduler, wrap_ddp
+from gdpo_megatron.policy.train_step import StepSettings, compute_logprobs, train_batch
 
 
 def _total_updates(recipe: RecipeConfig) -> int:
@@ -69,14 +75,10 @@ class MegatronPolicy:
         return self.recipe.algorithm.loss.kl_coef > 0
 
     def _load_hf(self, chunks) -> None:
-        from gdpo_megatron.conversion import load_hf_weights
-
         load_hf_weights(chunks, self.recipe.policy.model.hf_path, self.recipe.policy)
 
     @staticmethod
     def _copy_weights(source, target) -> None:
-        from .model import unwrap
-
         for src, dst in zip(source, target):
             unwrap(dst).load_state_dict(unwrap(src).state_dict(), strict=False)
 
@@ -115,8 +117,6 @@ class MegatronPolicy:
 
     def export_hf_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Stream of (HF name, full tensor): TP shards gathered, PP stages included (see conversion)."""
-        from gdpo_megatron.conversion import export_hf_weights
-
         return export_hf_weights(self.model, self.recipe.policy)
 
     def save_checkpoint(self, directory: str | Path) -> Path:

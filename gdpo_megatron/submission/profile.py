@@ -1,4 +1,4 @@
-"""Cluster profiles: where and how `gdpo launch` submits a recipe (launchers/clusters/*.yaml)."""
+"""Cluster profiles: where and how `gdpo launch` submits a recipe (clusters/*.yaml)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import yaml
 
 from gdpo_megatron.cli import main
 from gdpo_megatron.config import ConfigError
-from gdpo_megatron.launch import load_profile, make_spec
+from gdpo_megatron.submission import load_profile, make_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE_70B = ROOT / "recipes/llama-3.3-70b-instruct/math-gdpo-8n8g.yaml"
@@ -32,7 +32,7 @@ def nemorun_home(tmp_path_factory):
 
 
 def write_profile(directory: Path, **changes) -> Path:
-    profile = yaml.safe_load((ROOT / "launchers/clusters/slurm-pyxis.yaml").read_text())
+    profile = yaml.safe_load((ROOT / "clusters/slurm-pyxis.yaml").read_text())
     profile.update(job_dir=str(directory / "jobs"), **changes)
     path = directory / "cluster.yaml"
     path.write_text(yaml.safe_dump(profile))
@@ -104,8 +104,8 @@ def test_local_dryrun_runs_gdpo_train_directly(nemorun_home, tmp_path, capsys):
 
 
 def test_shipped_profiles_load_and_bad_profiles_are_refused(tmp_path):
-    assert load_profile(ROOT / "launchers/clusters/slurm-pyxis.yaml").executor == "slurm"
-    assert load_profile(ROOT / "launchers/clusters/local.yaml").executor == "local"
+    assert load_profile(ROOT / "clusters/slurm-pyxis.yaml").executor == "slurm"
+    assert load_profile(ROOT / "clusters/local.yaml").executor == "local"
     with pytest.raises(ConfigError, match=r"account: a Slurm profile needs an account"):
         load_profile(write_profile(tmp_path, account=None))
     with pytest.raises(ConfigError, match=r"gpus_per_node: the recipe asks for 8 GPUs per node but the profile's nodes have 4"):

@@ -12,8 +12,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import dataclasses
+
+from gdpo_megatron.config.policy import ParallelConfig
 from gdpo_megatron.config.recipe import RecipeConfig
 from gdpo_megatron.model_catalog import VOCAB_WHEN_UNSET, ModelArch, resolve_arch
+from gdpo_megatron.parallel_layout import layout_problems, stage_layer_counts, world_problems
 
 from .gpus import GpuKind, gpu_kind
 from .memory import GIB, RUNTIME_RESERVE_GIB, EngineMemory, TrainingLayout, TrainingMemory, engine_memory, training_memory
@@ -96,7 +100,7 @@ class Plan:
 
 
 def _training_layout(recipe: RecipeConfig, tensor: int, pipeline: int, data: int, recompute: bool,
-                     microbatches: int) -> TrainingLayout:
+                     microbatches: int, stage_layers: Optional[tuple[int, ...]] = None) -> TrainingLayout:
     policy = recipe.policy
     return TrainingLayout(
         tensor=tensor, pipeline=pipeline, data=max(1, data),
@@ -106,7 +110,7 @@ def _training_layout(recipe: RecipeConfig, tensor: int, pipeline: int, data: int
         dtype=policy.precision.dtype, fp8_params=policy.precision.fp8_params,
         distributed_optimizer=policy.optimizer.distributed, recompute=recompute,
         sequence_parallel=policy.parallel.sequence_parallel and tensor > 1,
-        virtual_pipeline=policy.parallel.virtual_pipeline)
+        virtual_pipeline=policy.parallel.virtual_pipeline, stage_layers=stage_layers)
 
 
 def _microbatches(recipe: RecipeConfig, data: int) -> int:
@@ -157,31 +161,14 @@ def _layout_findings(recipe: RecipeConfig, arch: ModelArch, layout: Layout, per_
                            f"{arch.num_query_groups} KV heads and tensor_parallel {gen.tensor_parallel}: "
                            "one must divide the other"))
 
-    if layout.policy_devices % (tp * pp):
-        out.append(Finding("error", "policy.parallel",
-                           f"{layout.policy_devices} policy devices are not divisible by tensor {tp} x pipeline {pp}",
-                           _divisor_hint(layout.policy_devices, tp, pp)))
+    # The model builder's own rules (gdpo_megatron.parallel_layout), so that what the planner
+    # accepts is exactly what build_model builds.
+    for problem in world_problems(par, layout.policy_devices, "policy device count") + layout_problems(arch, par):
+        out.append(Finding("error", problem.key, problem.message, problem.hint))
     if per_node and tp > per_node:
         out.append(Finding("error", "policy.parallel.tensor",
                            f"tensor parallel {tp} spans nodes ({per_node} GPUs per node); TP traffic needs NVLink",
                            f"set policy.parallel.tensor={per_node} and raise policy.parallel.pipeline"))
-    for what, count in (("attention heads", arch.num_attention_heads), ("KV heads", arch.num_query_groups),
-                        ("FFN size", arch.ffn_hidden_size)):
-        if count % tp:
-            out.append(Finding("error", "policy.parallel.tensor",
-                               f"{what} ({count}) of {arch.name} are not divisible by tensor parallel {tp}",
-                               f"use a tensor parallel size dividing {count}"))
-    stages = pp * (par.virtual_pipeline or 1)
-    if arch.num_layers % stages:
-        out.append(Finding("error", "policy.parallel.pipeline",
-                           f"{arch.num_layers} layers are not divisible by pipeline {pp}"
-                           + (f" x virtual {par.virtual_pipeline}" if par.virtual_pipeline else ""),
-                           f"use a pipeline size dividing {arch.num_layers}"))
-    if par.virtual_pipeline and pp == 1:
-        out.append(Finding("error", "policy.parallel.virtual_pipeline", "virtual pipeline needs pipeline > 1",
-                           "set policy.parallel.virtual_pipeline=null"))
-    if par.sequence_parallel and tp == 1:
-        out.append(Finding("warning", "policy.parallel.sequence_parallel", "has no effect with tensor parallel 1"))
 
     trainer = recipe.trainer
     samples = layout.samples_per_step
@@ -202,11 +189,6 @@ def _layout_findings(recipe: RecipeConfig, arch: ModelArch, layout: Layout, per_
                            f"({recipe.generation.sampling.max_new_tokens}) = {layout.seq_length} tokens exceed "
                            f"the model's {arch.max_position_embeddings} positions"))
     return out
-
-
-def _divisor_hint(devices: int, tp: int, pp: int) -> str:
-    sizes = [d for d in (1, 2, 4, 8, 16, 32) if devices % (d * pp) == 0 and d <= max(tp, 1) * 2]
-    return f"choose tensor x pipeline dividing {devices}" + (f", e.g. tensor={sizes[-1]}" if sizes else "")
 
 
 def make_plan(recipe: RecipeConfig) -> Plan:
@@ -244,8 +226,9 @@ def make_plan(recipe: RecipeConfig) -> Plan:
                                      f"FP8 needs Hopper-class GPUs and Transformer Engine; {plan.device} has no FP8",
                                      "set policy.precision.fp8=null"))
 
+    stage_layers = None if layout_problems(arch, par) else tuple(stage_layer_counts(arch.num_layers, par))
     train_layout = _training_layout(recipe, par.tensor, par.pipeline, data, recipe.policy.recompute_activations,
-                                    layout.microbatches)
+                                    layout.microbatches, stage_layers)
     plan.training = training_memory(arch, train_layout)
     if cpu:
         plan.findings.append(Finding("warning", "cluster.gpus_per_node",
@@ -259,14 +242,25 @@ def make_plan(recipe: RecipeConfig) -> Plan:
     return plan
 
 
+def _candidate_parallel(recipe: RecipeConfig, tp: int, pp: int) -> ParallelConfig:
+    """The recipe's layout with another tensor/pipeline size (an even split, unless pipeline is unchanged;
+    sequence parallel only where tensor > 1, as a suggestion would set it)."""
+    par = recipe.policy.parallel
+    sequence_parallel = par.sequence_parallel and tp > 1
+    if pp == par.pipeline:
+        return dataclasses.replace(par, tensor=tp, sequence_parallel=sequence_parallel)
+    return dataclasses.replace(par, tensor=tp, pipeline=pp, first_stage_layers=None, last_stage_layers=None,
+                               sequence_parallel=sequence_parallel)
+
+
 def _fits_training(arch: ModelArch, recipe: RecipeConfig, policy_devices: int, tp: int, pp: int,
                    recompute: bool, device_bytes: float) -> bool:
-    if policy_devices % (tp * pp) or arch.num_layers % pp:
-        return False
-    if arch.num_attention_heads % tp or arch.num_query_groups % tp:
+    parallel = _candidate_parallel(recipe, tp, pp)
+    if world_problems(parallel, policy_devices) or layout_problems(arch, parallel):
         return False
     data = policy_devices // (tp * pp)
-    layout = _training_layout(recipe, tp, pp, data, recompute, _microbatches(recipe, data))
+    layout = _training_layout(recipe, tp, pp, data, recompute, _microbatches(recipe, data),
+                              tuple(stage_layer_counts(arch.num_layers, parallel)))
     memory = training_memory(arch, layout)
     # A suggestion must also leave room for colocated engines, or it only moves the error.
     engine_budget = recipe.generation.gpu_memory_utilization * device_bytes if recipe.generation.colocated else 0.0

@@ -5,7 +5,7 @@
 `fn` must be importable (a module-level function, not defined under `__main__`), because
 the processes are started with the spawn method. Each process gets RANK, WORLD_SIZE,
 LOCAL_RANK, MASTER_ADDR/PORT in its environment (so `init_distributed(parallel)` needs no
-arguments), one CPU thread, and a `LaunchContext`; what it returns is pickled back to the
+arguments), one CPU thread, and a `SpawnContext`; what it returns is pickled back to the
 caller through a temporary directory (keep it small: numbers, CPU tensors).
 Scripts calling this need the `if __name__ == "__main__":` guard (spawned children import
 the main module).
@@ -24,7 +24,7 @@ from .setup import free_port
 
 
 @dataclass(frozen=True)
-class LaunchContext:
+class SpawnContext:
     rank: int
     world_size: int
     master_port: int
@@ -36,7 +36,7 @@ def _entry(rank: int, fn: Callable, world_size: int, port: int, args: tuple, out
     import torch
 
     torch.set_num_threads(threads)
-    result = fn(LaunchContext(rank, world_size, port), *args)
+    result = fn(SpawnContext(rank, world_size, port), *args)
     with open(Path(out_dir) / f"rank{rank}.pkl", "wb") as f:
         pickle.dump(result, f)
 

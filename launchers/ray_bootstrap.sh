@@ -1,1 +1,0 @@
-../gdpo_megatron/launch/ray_bootstrap.sh
