@@ -72,7 +72,8 @@ PRESETS: dict[str, dict[str, object]] = {
 class GroupScores:
     """What an estimator returns: one score per rollout before batch normalization."""
 
-    scores: Tensor  # [N] float64, finite, in the layout order of the statistics' groups
+    scores: Tensor  # [N] float64, finite, layout order of the statistics' groups; a fresh buffer
+    # that the stage normalizes in place
     gpg_alpha: Optional[float] = None
 
 
@@ -119,13 +120,15 @@ def resolve_numerics(algorithm: AlgorithmConfig) -> AdvantageNumerics:
 
 # ----------------------------------------------------------------------------- group normalization
 
-def _centered_and_factor(stats: GroupStats, numerics: AdvantageNumerics) -> tuple[Tensor, Optional[Tensor], bool]:
+def _centered_and_factor(stats: GroupStats, numerics: AdvantageNumerics,
+                         materialize: bool = True) -> tuple[Optional[Tensor], Optional[Tensor], bool]:
     """(centered, factor, per_group): the normalized values are centered * factor (no
-    factor: centered itself); factor is [K, G] when per_group, else rows-shaped."""
+    factor: centered itself); factor is [K, G] when per_group, else rows-shaped.
+    materialize=False leaves the group-mean centered values to the caller (None)."""
     if numerics.group_baseline == "leave_one_out":
         centered = leave_one_out_centered(stats)
     else:
-        centered = stats.centered
+        centered = stats.centered if materialize else None
     if numerics.group_std == "none":
         return centered, None, True
     per_group = numerics.group_std != "leave_one_out"
@@ -151,7 +154,7 @@ def _lone_rollouts(stats: GroupStats, numerics: AdvantageNumerics) -> Optional[T
 def _with_lone_rollouts(out: Tensor, stats: GroupStats, numerics: AdvantageNumerics, single: Tensor,
                         column_weight: Optional[Tensor]) -> Tensor:
     # verl: a lone rollout gets mean 0 and std 1, i.e. its raw reward over (1 + eps).
-    raw = torch.where(stats.valid, stats.values, 0.0)
+    raw = torch.where(stats.valid, stats.values, 0.0).to(torch.float64)
     lone = raw / (1.0 + numerics.group_eps) if numerics.eps_mode == "add" else raw
     if column_weight is not None:
         lone = lone * column_weight
@@ -182,14 +185,16 @@ def weighted_normalized_sum(stats: GroupStats, numerics: AdvantageNumerics, weig
     """[N] (layout order) sum_k w_k * normalized_k: `normalize_in_groups(...).sum(0)`, but with
     per-group scaling it accumulates reward by reward into one buffer instead of
     materializing the scaled [K, N] columns (large batches are bound by memory traffic)."""
-    centered, factor, per_group = _centered_and_factor(stats, numerics)
-    if not per_group or _lone_rollouts(stats, numerics) is not None:
+    if numerics.group_baseline == "leave_one_out" or _lone_rollouts(stats, numerics) is not None:
         return stats.groups.flat(normalize_in_groups(stats, numerics, weights)).sum(0)
+    _, factor, _ = _centered_and_factor(stats, numerics, materialize=False)
     per_row = stats.groups.per_row
     factor = weights.unsqueeze(1) if factor is None else factor * weights.unsqueeze(1)  # [K, G]
-    total = centered[0] * per_row(factor[0:1])[0]
-    for k in range(1, centered.shape[0]):
-        total.addcmul_(centered[k], per_row(factor[k:k + 1])[0])
+    scratch = torch.empty(stats.values.shape[1:], dtype=torch.float64)
+    factor = per_row(factor)
+    total = stats.centered_column(0, torch.empty_like(scratch)).mul_(factor[0])
+    for k in range(1, stats.values.shape[0]):
+        total.addcmul_(stats.centered_column(k, scratch), factor[k])
     return total.reshape(-1)
 
 
@@ -203,10 +208,10 @@ def _total_stats(stats: GroupStats, weights: Tensor) -> GroupStats:
     """Statistics of the weighted sum of the rewards present (missing where all K are), one column."""
     groups = stats.groups
     if not stats.any_missing:
-        total = _weighted_sum(groups.flat(stats.values), weights)
+        total = _weighted_sum(groups.flat(stats.values).to(torch.float64), weights)
     else:
         valid = groups.flat(stats.valid)
-        total = _weighted_sum(groups.flat(torch.where(stats.valid, stats.values, 0.0)), weights)
+        total = _weighted_sum(groups.flat(torch.where(stats.valid, stats.values, 0.0)).to(torch.float64), weights)
         total = torch.where(valid.any(dim=0), total, float("nan"))
     return column_stats(groups.shaped(total.unsqueeze(0)), groups)
 
@@ -288,7 +293,7 @@ def apply_reward_conditions(rewards: Tensor, specs: Sequence[RewardSpec]) -> Ten
 # ----------------------------------------------------------------------------- batch normalization
 
 def normalize_batch(scores: Tensor, row_weight: Optional[Tensor], mode: str, eps: float) -> Tensor:
-    """Whiten scores [N] with statistics weighted by row_weight [N] (0 = excluded; None = all 1).
+    """Whiten scores [N] in place with statistics weighted by row_weight [N] (0 = excluded; None = all 1).
 
     row_weight is 1 per rollout for per-sample normalization and the number of response
     tokens for per-token whitening: every token of a rollout carries the same value, so
@@ -312,7 +317,7 @@ def normalize_batch(scores: Tensor, row_weight: Optional[Tensor], mode: str, eps
     if lo == hi:
         return scores - lo
     mean = (scores.sum() if row_weight is None else torch.dot(row_weight, scores)) / n
-    centered = scores - mean
+    centered = scores.sub_(mean)  # the estimator's own buffer: no second [N] allocation
     weighted = centered if row_weight is None else row_weight * centered
     var = float(torch.dot(weighted, centered)) / (n - 1.0) if n > 1.0 else 0.0
     std = math.sqrt(var)
@@ -449,9 +454,10 @@ def advantage_diagnostics(raw: Tensor, stats: GroupStats, final: Tensor, num_wit
     pooled_std = torch.where(varies, (spread / (present - 1.0).clamp(min=1.0)).sqrt(), 0.0)
     with_values = count >= 1
     zero_var = (with_values & (stats.minimum == stats.maximum)).sum(1) / with_values.sum(1).clamp(min=1)
+    # advantages are centered within their groups, so the one-pass variance loses no digits
     adv_mean = final.sum() / n
-    spread_final = final - adv_mean
-    adv_std = (torch.dot(spread_final, spread_final) / (n - 1)).sqrt() if n > 1 else final.new_zeros(())
+    squares = torch.dot(final, final)
+    adv_std = ((squares - n * adv_mean * adv_mean).clamp(min=0.0) / (n - 1)).sqrt() if n > 1 else final.new_zeros(())
     lo, hi = torch.aminmax(final)
     summary = [pooled_mean, pooled_std, present, zero_var, torch.stack([adv_mean, adv_std, lo, hi, (final == 0).sum()])]
     gates = [(spec.name, raw[:, names.index(spec.condition.reward)], spec.condition.threshold)
@@ -459,7 +465,7 @@ def advantage_diagnostics(raw: Tensor, stats: GroupStats, final: Tensor, num_wit
     if gates:
         summary.append(torch.stack([((gate >= threshold).sum() / (gate == gate).sum().clamp(min=1)).to(torch.float64)
                                     for _, gate, threshold in gates]))
-    values = torch.cat([v.to(torch.float64) for v in summary]).tolist()
+    values = torch.cat([v if v.dtype == torch.float64 else v.to(torch.float64) for v in summary]).tolist()
 
     k = len(names)
     for row, stat in enumerate(("mean", "std", "missing_frac", "zero_var_group_frac")):

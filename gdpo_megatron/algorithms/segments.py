@@ -85,7 +85,10 @@ class GroupIndex:
     # every per-group reduction runs over the innermost dimension
 
     def columns(self, x: Tensor) -> Tensor:
-        """Batch-order x [N, K] -> float64 columns in layout order: [K, G, S] when uniform, else [K, N]."""
+        """Batch-order x [N, K] -> float64 columns in layout order ([K, G, S] when uniform, else [K, N]).
+
+        One copy does the transpose and the conversion (mixed float32/float64 arithmetic
+        later would convert again inside every operation)."""
         cols = x.t()
         if self.order is not None:
             cols = cols.index_select(1, self.order)
@@ -200,14 +203,25 @@ class GroupStats:
     mean: Tensor  # 0 where count == 0
     minimum: Tensor  # +inf where count == 0
     maximum: Tensor  # -inf where count == 0
-    centered: Tensor  # columns: value - group mean, exactly 0 in constant groups and where missing
-    sq_dev: Tensor  # sum of centered**2
+    sq_dev: Tensor  # sum of squared deviations from the group mean
     any_missing: bool  # some value is NaN
 
     @cached_property
     def valid(self) -> Tensor:
         """Columns-shaped bool: the value is present."""
         return self.values == self.values
+
+    @cached_property
+    def centered(self) -> Tensor:
+        """Columns-shaped float64: value - group mean, exactly 0 in constant groups and where missing."""
+        centered = self.values - self.groups.per_row(self.mean)
+        return centered.nan_to_num_(0.0) if self.any_missing else centered
+
+    def centered_column(self, k: int, out: Tensor) -> Tensor:
+        """Reward k's centered values written into `out` (float64, shaped like `values[k]`),
+        without materializing every column."""
+        torch.sub(self.values[k], self.groups.per_row(self.mean[k:k + 1])[0], out=out)
+        return out.nan_to_num_(0.0) if self.any_missing else out
 
     @property
     def constant(self) -> Tensor:
@@ -249,17 +263,20 @@ def group_stats(x: Tensor, groups: GroupIndex) -> GroupStats:
 
 
 def column_stats(values: Tensor, groups: GroupIndex) -> GroupStats:
-    """`group_stats` of float64 values already in the column layout (`groups.columns`).
+    """`group_stats` of values already in the column layout (`groups.columns`).
 
     Equal groups first reduce the raw values (a group holding a NaN comes out NaN), then
     redo only the (reward, group) pairs that hold a missing value with the NaN-aware
-    reductions: batches without missing rewards pay for no masking at all.
+    reductions: batches without missing rewards pay for no masking at all. Sums
+    accumulate in float64; the squared deviations are summed one reward at a time
+    through one scratch buffer (the batch is bound by memory traffic, not arithmetic).
     """
     if groups.size is None:
         return _masked_stats(values, groups)
-    total = values.sum(-1)
-    minimum = values.amin(-1)
-    maximum = values.amax(-1)
+    f64 = torch.float64
+    total = values.sum(-1, dtype=f64)
+    minimum = values.amin(-1).to(f64)
+    maximum = values.amax(-1).to(f64)
     count = torch.full_like(total, float(groups.size))
     incomplete = torch.isnan(total)
     any_missing = bool(incomplete.any())
@@ -267,18 +284,18 @@ def column_stats(values: Tensor, groups: GroupIndex) -> GroupStats:
         pairs = incomplete.flatten().nonzero().flatten()
         table = values.reshape(-1, groups.size)[pairs]
         present = table == table
-        count.view(-1)[pairs] = present.sum(-1, dtype=torch.float64)
-        total.view(-1)[pairs] = torch.where(present, table, 0.0).sum(-1)
-        minimum.view(-1)[pairs] = torch.where(present, table, float("inf")).amin(-1)
-        maximum.view(-1)[pairs] = torch.where(present, table, float("-inf")).amax(-1)
+        count.view(-1)[pairs] = present.sum(-1, dtype=f64)
+        total.view(-1)[pairs] = torch.where(present, table, 0.0).sum(-1, dtype=f64)
+        minimum.view(-1)[pairs] = torch.where(present, table, float("inf")).amin(-1).to(f64)
+        maximum.view(-1)[pairs] = torch.where(present, table, float("-inf")).amax(-1).to(f64)
     # constant groups (incl. a single value) take their exact value as the mean; no values -> 0
     mean = torch.where(minimum == maximum, minimum, total / count.clamp(min=1.0))
-    centered = values - groups.per_row(mean)
-    if any_missing:
-        centered.nan_to_num_(0.0)
-    sq_dev = torch.linalg.vector_norm(centered, dim=-1).square()  # fused: no [K, N] temporary
-    return GroupStats(groups=groups, values=values, count=count, total=total, mean=mean, minimum=minimum,
-                      maximum=maximum, centered=centered, sq_dev=sq_dev, any_missing=any_missing)
+    stats = GroupStats(groups=groups, values=values, count=count, total=total, mean=mean, minimum=minimum,
+                       maximum=maximum, sq_dev=torch.empty_like(total), any_missing=any_missing)
+    scratch = torch.empty(values.shape[1:], dtype=f64)
+    for k in range(values.shape[0]):
+        stats.sq_dev[k] = torch.linalg.vector_norm(stats.centered_column(k, scratch), dim=-1).square()
+    return stats
 
 
 def _masked_stats(values: Tensor, groups: GroupIndex) -> GroupStats:
@@ -286,13 +303,13 @@ def _masked_stats(values: Tensor, groups: GroupIndex) -> GroupStats:
     valid = values == values
     count = groups.reduce(valid, "sum")
     total = groups.reduce(torch.where(valid, values, 0.0), "sum")
-    minimum = groups.reduce(torch.where(valid, values, float("inf")), "amin")
-    maximum = groups.reduce(torch.where(valid, values, float("-inf")), "amax")
+    minimum = groups.reduce(torch.where(valid, values, float("inf")), "amin").to(torch.float64)
+    maximum = groups.reduce(torch.where(valid, values, float("-inf")), "amax").to(torch.float64)
     mean = torch.where(minimum == maximum, minimum, total / count.clamp(min=1.0))
     centered = torch.where(valid, values - groups.per_row(mean), 0.0)
     sq_dev = groups.reduce(centered * centered, "sum")
     return GroupStats(groups=groups, values=values, count=count, total=total, mean=mean, minimum=minimum,
-                      maximum=maximum, centered=centered, sq_dev=sq_dev, any_missing=not bool(valid.all()))
+                      maximum=maximum, sq_dev=sq_dev, any_missing=not bool(valid.all()))
 
 
 def leave_one_out_centered(stats: GroupStats) -> Tensor:
