@@ -214,13 +214,17 @@ class GroupStats:
     @cached_property
     def centered(self) -> Tensor:
         """Columns-shaped float64: value - group mean, exactly 0 in constant groups and where missing."""
-        centered = self.values - self.groups.per_row(self.mean)
+        centered = self.values - self._mean_rows
         return centered.nan_to_num_(0.0) if self.any_missing else centered
+
+    @cached_property
+    def _mean_rows(self) -> Tensor:
+        return self.groups.per_row(self.mean)
 
     def centered_column(self, k: int, out: Tensor) -> Tensor:
         """Reward k's centered values written into `out` (float64, shaped like `values[k]`),
         without materializing every column."""
-        torch.sub(self.values[k], self.groups.per_row(self.mean[k:k + 1])[0], out=out)
+        torch.sub(self.values[k], self._mean_rows[k], out=out)
         return out.nan_to_num_(0.0) if self.any_missing else out
 
     @property
@@ -294,7 +298,8 @@ def column_stats(values: Tensor, groups: GroupIndex) -> GroupStats:
                        maximum=maximum, sq_dev=torch.empty_like(total), any_missing=any_missing)
     scratch = torch.empty(values.shape[1:], dtype=f64)
     for k in range(values.shape[0]):
-        stats.sq_dev[k] = torch.linalg.vector_norm(stats.centered_column(k, scratch), dim=-1).square()
+        torch.linalg.vector_norm(stats.centered_column(k, scratch), dim=-1, out=stats.sq_dev[k])
+    stats.sq_dev.square_()
     return stats
 
 
