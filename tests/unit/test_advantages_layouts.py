@@ -99,3 +99,15 @@ def test_column_stats_of_contiguous_groups_need_no_permutation():
     assert stats.mean.tolist() == [[2.0, 2.0]]
     assert stats.sq_dev[0, 0] == pytest.approx(2.0, rel=1e-15) and stats.sq_dev[0, 1] == 0.0
     assert stats.constant.tolist() == [[False, True]]
+
+
+@pytest.mark.parametrize("ids", [[5, 5, 9, 9, 12, 12], [9, 5, 12, 5, 9, 12], [3, 3, 3, 1, 7, 1]])
+def test_group_index_numbers_groups_in_sorted_id_order(ids):
+    ids = torch.tensor(ids)
+    index = index_groups(ids)
+    unique, inverse = torch.unique(ids, return_inverse=True)
+    assert index.num_groups == unique.numel()
+    assert torch.equal(index.inverse, inverse)
+    assert torch.equal(index.sizes, torch.bincount(inverse))
+    rows = torch.arange(ids.numel())
+    assert torch.equal(index.from_layout(index.to_layout(rows)), rows)
