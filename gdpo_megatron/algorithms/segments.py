@@ -278,20 +278,20 @@ def column_stats(values: Tensor, groups: GroupIndex) -> GroupStats:
     if groups.size is None:
         return _masked_stats(values, groups)
     f64 = torch.float64
-    total = values.sum(-1, dtype=f64)
-    minimum = values.amin(-1).to(f64)
-    maximum = values.amax(-1).to(f64)
+    total = values.sum(-1)
+    minimum = values.amin(-1)
+    maximum = values.amax(-1)
     count = torch.full_like(total, float(groups.size))
     incomplete = torch.isnan(total)
     any_missing = bool(incomplete.any())
     if any_missing:
         pairs = incomplete.flatten().nonzero().flatten()
-        table = values.reshape(-1, groups.size)[pairs]
-        present = table == table
-        count.view(-1)[pairs] = present.sum(-1, dtype=f64)
-        total.view(-1)[pairs] = torch.where(present, table, 0.0).sum(-1, dtype=f64)
-        minimum.view(-1)[pairs] = torch.where(present, table, float("inf")).amin(-1).to(f64)
-        maximum.view(-1)[pairs] = torch.where(present, table, float("-inf")).amax(-1).to(f64)
+        if 4 * pairs.numel() > incomplete.numel():  # most pairs: one masked pass beats gather + scatter
+            count, total, minimum, maximum = _masked_reductions(values)
+        else:
+            parts = _masked_reductions(values.reshape(-1, groups.size)[pairs])
+            for whole, part in zip((count, total, minimum, maximum), parts):
+                whole.view(-1)[pairs] = part
     # constant groups (incl. a single value) take their exact value as the mean; no values -> 0
     mean = torch.where(minimum == maximum, minimum, total / count.clamp(min=1.0))
     stats = GroupStats(groups=groups, values=values, count=count, total=total, mean=mean, minimum=minimum,
@@ -303,13 +303,20 @@ def column_stats(values: Tensor, groups: GroupIndex) -> GroupStats:
     return stats
 
 
+def _masked_reductions(table: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """count, sum, min, max over the last dimension, leaving NaN out (float64)."""
+    present = table == table
+    return (present.sum(-1, dtype=torch.float64), torch.where(present, table, 0.0).sum(-1),
+            torch.where(present, table, float("inf")).amin(-1), torch.where(present, table, float("-inf")).amax(-1))
+
+
 def _masked_stats(values: Tensor, groups: GroupIndex) -> GroupStats:
     """`column_stats` of unequal groups: NaN-aware reductions over padded blocks."""
     valid = values == values
     count = groups.reduce(valid, "sum")
     total = groups.reduce(torch.where(valid, values, 0.0), "sum")
-    minimum = groups.reduce(torch.where(valid, values, float("inf")), "amin").to(torch.float64)
-    maximum = groups.reduce(torch.where(valid, values, float("-inf")), "amax").to(torch.float64)
+    minimum = groups.reduce(torch.where(valid, values, float("inf")), "amin")
+    maximum = groups.reduce(torch.where(valid, values, float("-inf")), "amax")
     mean = torch.where(minimum == maximum, minimum, total / count.clamp(min=1.0))
     centered = torch.where(valid, values - groups.per_row(mean), 0.0)
     sq_dev = groups.reduce(centered * centered, "sum")

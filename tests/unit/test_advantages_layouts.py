@@ -47,8 +47,9 @@ def test_scattered_equal_groups_are_bitwise_the_contiguous_result(estimator, pre
     assert moved.diagnostics == base.diagnostics
 
 
-def test_fast_statistics_equal_the_padded_path_on_the_same_table():
-    rewards, group_ids, _ = equal_groups(2)
+@pytest.mark.parametrize("missing", [0.0, 0.01, 0.2])  # none / a few groups redone / most groups: one masked pass
+def test_fast_statistics_equal_the_padded_path_on_the_same_table(missing):
+    rewards, group_ids, _ = equal_groups(2, groups=40, missing=missing)
     fast_index = index_groups(group_ids)
     assert fast_index.size == 8
     general = GroupIndex(num_groups=fast_index.num_groups, num_rows=fast_index.num_rows, sizes=fast_index.sizes)
@@ -59,7 +60,7 @@ def test_fast_statistics_equal_the_padded_path_on_the_same_table():
     assert torch.allclose(fast.sq_dev, slow.sq_dev, rtol=1e-12, atol=0)
     assert torch.equal(fast.constant, slow.constant)
     assert torch.equal(fast_index.flat(fast.centered), slow.centered)
-    assert fast.any_missing and slow.any_missing
+    assert fast.any_missing and slow.any_missing  # the batch always holds a rollout without rewards
 
 
 def test_group_stats_match_a_per_group_loop_with_unequal_scattered_groups():
