@@ -304,10 +304,16 @@ def column_stats(values: Tensor, groups: GroupIndex) -> GroupStats:
 
 
 def _masked_reductions(table: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """count, sum, min, max over the last dimension, leaving NaN out (float64)."""
-    present = table == table
-    return (present.sum(-1, dtype=torch.float64), torch.where(present, table, 0.0).sum(-1),
-            torch.where(present, table, float("inf")).amin(-1), torch.where(present, table, float("-inf")).amax(-1))
+    """count, sum, min, max over the last dimension, leaving NaN out (float64).
+
+    One scratch tensor serves both extremes (NaN replaced by +inf, then by -inf; real
+    infinities are kept so that the caller can reject them)."""
+    inf = float("inf")
+    count = (table == table).sum(-1, dtype=torch.float64)
+    filled = torch.nan_to_num(table, nan=inf, posinf=inf, neginf=-inf)
+    minimum = filled.amin(-1)
+    maximum = torch.nan_to_num(table, nan=-inf, posinf=inf, neginf=-inf, out=filled).amax(-1)
+    return count, table.nansum(-1), minimum, maximum
 
 
 def _masked_stats(values: Tensor, groups: GroupIndex) -> GroupStats:
