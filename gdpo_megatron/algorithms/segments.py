@@ -12,10 +12,10 @@ dimension (several times faster than reducing across the middle of [N, K]).
 * any other layout is first put in that order by a stable sort of the ids (rows of a
   group keep their relative order). If the groups are then equally large, the very same
   [K, G, S] code runs, so the result is bit for bit the one of the contiguous batch
-  holding the rows in that order. Unequal groups are padded with missing values into
-  [K, G_b, S_b] blocks (exact sizes when there are few distinct ones, powers of two
-  otherwise, so padding at most doubles the work); per-row values reach their groups'
-  statistics by one gather.
+  holding the rows in that order. Unequal groups are gathered into padded
+  [K, G_b, S_b] blocks (pads hold each reduction's identity; exact sizes when there are
+  few distinct ones, powers of two otherwise, so padding at most doubles the work);
+  per-row values reach their groups' statistics by one gather.
 
 Exactness matters more than elegance here: a group whose valid values are all equal
 produces exactly zero centered values and exactly zero spread (users read "zero-variance
