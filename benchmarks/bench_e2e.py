@@ -11,7 +11,8 @@ normalization (TRL: `multi_objective_aggregation="normalize_then_sum"`), one opt
 update per step, fp32, 2 threads.
 
 * gdpo: `gdpo train recipes/tiny/synthetic-gdpo-1n2c.yaml` with the overrides below (real
-  Ray, vLLM CPU engine, megatron-core on gloo). Per-phase seconds come from the run's
+  Ray, vLLM CPU engine, megatron-core on gloo; the model is built from scratch by a
+  one-step warm start, i.e. it is still random). Per-phase seconds come from the run's
   metrics.jsonl (`time/*`).
 * TRL: this file re-run with `--trl-worker` inside a separate virtual environment that
   the benchmark creates itself (benchmarks/.envs/trl-<version>: pinned TRL, the CPU torch
@@ -45,7 +46,8 @@ PROMPTS, ROLLOUTS, NEW_TOKENS, LR, SEED = 8, 8, 16, 1e-4, 1234
 WEIGHTS = (1.0, 1.0, 1.0)
 
 GDPO_OVERRIDES = [
-    "warmstart.enabled=false",
+    # the recipe builds its model from scratch through the warm start: one step keeps it random
+    "warmstart.enabled=true", "warmstart.steps=1", "warmstart.batch_size=8", "warmstart.num_examples=64",
     *(f"policy.model.{key}={value}" for key, value in MODEL.items()),
     f"policy.optimizer.lr={LR}",
     f"policy.micro_batch_size={PROMPTS * ROLLOUTS}",
