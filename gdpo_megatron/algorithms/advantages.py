@@ -154,7 +154,7 @@ def _lone_rollouts(stats: GroupStats, numerics: AdvantageNumerics) -> Optional[T
 def _with_lone_rollouts(out: Tensor, stats: GroupStats, numerics: AdvantageNumerics, single: Tensor,
                         column_weight: Optional[Tensor]) -> Tensor:
     # verl: a lone rollout gets mean 0 and std 1, i.e. its raw reward over (1 + eps).
-    raw = torch.where(stats.valid, stats.values, 0.0).to(torch.float64)
+    raw = torch.where(stats.valid, stats.values, 0.0)
     lone = raw / (1.0 + numerics.group_eps) if numerics.eps_mode == "add" else raw
     if column_weight is not None:
         lone = lone * column_weight
@@ -208,10 +208,10 @@ def _total_stats(stats: GroupStats, weights: Tensor) -> GroupStats:
     """Statistics of the weighted sum of the rewards present (missing where all K are), one column."""
     groups = stats.groups
     if not stats.any_missing:
-        total = _weighted_sum(groups.flat(stats.values).to(torch.float64), weights)
+        total = _weighted_sum(groups.flat(stats.values), weights)
     else:
         valid = groups.flat(stats.valid)
-        total = _weighted_sum(groups.flat(torch.where(stats.valid, stats.values, 0.0)).to(torch.float64), weights)
+        total = _weighted_sum(groups.flat(torch.where(stats.valid, stats.values, 0.0)), weights)
         total = torch.where(valid.any(dim=0), total, float("nan"))
     return column_stats(groups.shaped(total.unsqueeze(0)), groups)
 
