@@ -4,7 +4,9 @@ Pipeline (docs/advantages.md has the formulas and the preset table):
 
 1. `apply_reward_conditions`: GDPO Eq. 8 gates, on the raw reward values.
 2. the estimator (a registry; one decorated function each) turns rewards into per-rollout
-   scores with per-group statistics (`segments.py`: vectorized, NaN-aware, no loop over groups).
+   scores with per-group statistics (`segments.py`: vectorized, NaN-aware, no loop over
+   groups). The statistics of the conditioned rewards are computed once and shared by the
+   estimator and the diagnostics.
 3. optional normalization over the whole batch (per sample or per token).
 4. rollouts without any reward get exactly 0; nothing NaN or infinite leaves the stage.
 
@@ -15,6 +17,7 @@ result is cast to float32 once at the end. The numeric settings come from
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -24,8 +27,7 @@ from torch import Tensor
 from gdpo_megatron.config.algorithm import AlgorithmConfig, RewardSpec
 from gdpo_megatron.registry import Registry
 
-from .segments import (GroupIndex, column_stats, group_std, index_groups, leave_one_out_centered,
-                       leave_one_out_std, segment_sum)
+from .segments import GroupStats, column_stats, index_groups, leave_one_out_centered, leave_one_out_std
 
 RESOLUTION_DECIMALS = 6  # advantages equal to 1e-6 count as one value in `adv/resolution_mean`
 
@@ -75,17 +77,18 @@ PRESETS: dict[str, dict[str, object]] = {
 class GroupScores:
     """What an estimator returns: one score per rollout before batch normalization."""
 
-    scores: Tensor  # [N] float64, finite
+    scores: Tensor  # [N] float64, finite, layout order of the statistics' groups; a fresh buffer
+    # that the stage normalizes in place
     gpg_alpha: Optional[float] = None
 
 
-EstimatorFn = Callable[[Tensor, GroupIndex, Tensor, AdvantageNumerics], GroupScores]
+EstimatorFn = Callable[[GroupStats, Tensor, AdvantageNumerics], GroupScores]
 
 
 @dataclass(frozen=True)
 class Estimator:
     name: str
-    compute: EstimatorFn  # (rewards [N,K] float64 NaN-missing, groups, weights [K], numerics)
+    compute: EstimatorFn  # (stats of the rewards [N,K] float64 NaN-missing, weights [K], numerics)
     fixed: dict[str, object] = field(default_factory=dict)  # numerics this estimator always uses
     batch_norm_by_default: bool = False
 
@@ -95,7 +98,7 @@ ESTIMATORS: Registry[Estimator] = Registry("advantage estimator")
 
 def estimator(name: str, *, fixed: Optional[dict[str, object]] = None,
               batch_norm_by_default: bool = False) -> Callable[[EstimatorFn], EstimatorFn]:
-    """Register `fn(rewards, groups, weights, numerics) -> GroupScores` under `name`."""
+    """Register `fn(reward_stats, weights, numerics) -> GroupScores` under `name`."""
 
     def decorator(fn: EstimatorFn) -> EstimatorFn:
         ESTIMATORS.register(name)(Estimator(name, fn, dict(fixed or {}), batch_norm_by_default))
@@ -122,93 +125,149 @@ def resolve_numerics(algorithm: AlgorithmConfig) -> AdvantageNumerics:
 
 # ----------------------------------------------------------------------------- group normalization
 
-def normalize_in_groups(x: Tensor, groups: GroupIndex, numerics: AdvantageNumerics) -> Tensor:
-    """Each column of x [N, K] (NaN = missing) normalized within its groups; 0 where missing."""
-    stats = column_stats(x, groups)
-    inv = groups.inverse
+def _centered_and_factor(stats: GroupStats, numerics: AdvantageNumerics,
+                         materialize: bool = True) -> tuple[Optional[Tensor], Optional[Tensor], bool]:
+    """(centered, factor, per_group): the normalized values are centered * factor (no
+    factor: centered itself); factor is [K, G] when per_group, else rows-shaped.
+    materialize=False leaves the group-mean centered values to the caller (None)."""
     if numerics.group_baseline == "leave_one_out":
-        centered = leave_one_out_centered(stats, groups)
+        centered = leave_one_out_centered(stats)
     else:
-        centered = stats.centered
+        centered = stats.centered if materialize else None
     if numerics.group_std == "none":
-        scale = None
-    elif numerics.group_std == "leave_one_out":
-        scale = leave_one_out_std(stats, groups)
+        return centered, None, True
+    per_group = numerics.group_std != "leave_one_out"
+    if per_group:
+        scale = stats.std(correction=1 if numerics.group_std == "unbiased" else 0)  # [K, G]
     else:
-        scale = group_std(stats, correction=1 if numerics.group_std == "unbiased" else 0)[inv]
-    if scale is None:
-        out = centered
-    else:
-        denominator = scale + numerics.group_eps
-        # where_positive divides only where std > 0; with add and eps = 0 a zero std is left
-        # undivided too (the centered value is then 0 or, leave-one-out, the plain difference).
-        divide = (scale > 0) if numerics.eps_mode == "where_positive" else (denominator > 0)
-        out = torch.where(divide, centered / torch.where(divide, denominator, torch.ones_like(denominator)), centered)
-    singleton = stats.valid & (stats.count[inv] == 1)
-    if numerics.singleton_group == "raw":
-        # verl: a lone rollout gets mean 0 and std 1, i.e. its raw reward over (1 + eps).
-        raw = torch.where(stats.valid, x, torch.zeros_like(x))
-        lone = raw / (1.0 + numerics.group_eps) if numerics.eps_mode == "add" else raw
-        out = torch.where(singleton, lone, out)
-    else:
-        out = torch.where(singleton, torch.zeros_like(out), out)
-    return torch.where(stats.valid, out, torch.zeros_like(out))
+        scale = leave_one_out_std(stats)  # rows-shaped
+    denominator = scale + numerics.group_eps
+    # where_positive divides only where std > 0; with add and eps = 0 a zero std is left
+    # undivided too (the centered value is then 0 or, leave-one-out, the plain difference).
+    divide = (scale > 0) if numerics.eps_mode == "where_positive" else (denominator > 0)
+    return centered, 1.0 / torch.where(divide, denominator, 1.0), per_group
 
 
-def weighted_reward_sum(rewards: Tensor, weights: Tensor) -> Tensor:
-    """[N] sum_k w_k r_k over the rewards present; NaN where all K are missing."""
-    valid = ~torch.isnan(rewards)
-    total = torch.where(valid, rewards, torch.zeros_like(rewards)) @ weights
-    return torch.where(valid.any(dim=1), total, torch.full_like(total, float("nan")))
+def _lone_rollouts(stats: GroupStats, numerics: AdvantageNumerics) -> Optional[Tensor]:
+    """[K, G] groups whose lone value is kept raw (verl), or None when there are none."""
+    if numerics.singleton_group != "raw":
+        return None
+    single = stats.count == 1
+    return single if bool(single.any()) else None
+
+
+def _with_lone_rollouts(out: Tensor, stats: GroupStats, numerics: AdvantageNumerics, single: Tensor,
+                        column_weight: Optional[Tensor]) -> Tensor:
+    # verl: a lone rollout gets mean 0 and std 1, i.e. its raw reward over (1 + eps).
+    raw = torch.where(stats.valid, stats.values, 0.0)
+    lone = raw / (1.0 + numerics.group_eps) if numerics.eps_mode == "add" else raw
+    if column_weight is not None:
+        lone = lone * column_weight
+    return torch.where(stats.groups.per_row(single) & stats.valid, lone, out)
+
+
+def normalize_in_groups(stats: GroupStats, numerics: AdvantageNumerics, weights: Optional[Tensor] = None) -> Tensor:
+    """Each column normalized within its groups (times weights[k] when given); 0 where missing.
+
+    Rows-shaped like `stats.centered`. No final masking is needed: centered values are
+    exactly 0 where missing and in constant groups (so a singleton group is 0 too), and
+    scaling 0 keeps it 0. The division is one reciprocal per group (times the reward's
+    weight) and one multiplication per value.
+    """
+    centered, factor, per_group = _centered_and_factor(stats, numerics)
+    column_weight = None if weights is None else weights.view(-1, *([1] * (centered.dim() - 1)))
+    if factor is None:
+        out = centered if weights is None else centered * column_weight
+    else:
+        if weights is not None:
+            factor = factor * (weights.unsqueeze(1) if per_group else column_weight)
+        out = centered * (stats.groups.per_row(factor) if per_group else factor)
+    single = _lone_rollouts(stats, numerics)
+    return out if single is None else _with_lone_rollouts(out, stats, numerics, single, column_weight)
+
+
+def weighted_normalized_sum(stats: GroupStats, numerics: AdvantageNumerics, weights: Tensor) -> Tensor:
+    """[N] (layout order) sum_k w_k * normalized_k: `normalize_in_groups(...).sum(0)`, but with
+    per-group scaling it accumulates reward by reward into one buffer instead of
+    materializing the scaled [K, N] columns (large batches are bound by memory traffic)."""
+    if numerics.group_baseline == "leave_one_out" or _lone_rollouts(stats, numerics) is not None:
+        return stats.groups.flat(normalize_in_groups(stats, numerics, weights)).sum(0)
+    _, factor, _ = _centered_and_factor(stats, numerics, materialize=False)
+    per_row = stats.groups.per_row
+    factor = weights.unsqueeze(1) if factor is None else factor * weights.unsqueeze(1)  # [K, G]
+    scratch = torch.empty(stats.values.shape[1:], dtype=torch.float64)
+    factor = per_row(factor)
+    total = stats.centered_column(0, torch.empty_like(scratch)).mul_(factor[0])
+    for k in range(1, stats.values.shape[0]):
+        total.addcmul_(stats.centered_column(k, scratch), factor[k])
+    return total.reshape(-1)
+
+
+def _weighted_sum(columns: Tensor, weights: Tensor) -> Tensor:
+    """[K, N] x [K] -> [N]: sum_k w_k c_k (a reduction, not a BLAS gemv: that is far slower
+    for a short, wide matrix)."""
+    return (columns * weights.unsqueeze(1)).sum(0)
+
+
+def _total_stats(stats: GroupStats, weights: Tensor) -> GroupStats:
+    """Statistics of the weighted sum of the rewards present (missing where all K are), one column."""
+    groups = stats.groups
+    if not stats.any_missing:
+        total = _weighted_sum(groups.flat(stats.values), weights)
+    else:
+        valid = groups.flat(stats.valid)
+        total = _weighted_sum(groups.flat(torch.where(stats.valid, stats.values, 0.0)), weights)
+        total = torch.where(valid.any(dim=0), total, float("nan"))
+    return column_stats(groups.shaped(total.unsqueeze(0)), groups)
 
 
 # ----------------------------------------------------------------------------- estimators
 
 @estimator("gdpo", batch_norm_by_default=True)
-def gdpo(rewards: Tensor, groups: GroupIndex, weights: Tensor, numerics: AdvantageNumerics) -> GroupScores:
+def gdpo(stats: GroupStats, weights: Tensor, numerics: AdvantageNumerics) -> GroupScores:
     """Normalize each reward within its group, then weight and sum (batch step is generic)."""
-    return GroupScores(normalize_in_groups(rewards, groups, numerics) @ weights)
+    return GroupScores(weighted_normalized_sum(stats, numerics, weights))
 
 
 @estimator("grpo")
-def grpo(rewards: Tensor, groups: GroupIndex, weights: Tensor, numerics: AdvantageNumerics) -> GroupScores:
+def grpo(stats: GroupStats, weights: Tensor, numerics: AdvantageNumerics) -> GroupScores:
     """Weighted sum of the rewards first, then one group normalization of the total."""
-    total = weighted_reward_sum(rewards, weights).unsqueeze(1)
-    return GroupScores(normalize_in_groups(total, groups, numerics).squeeze(1))
+    total = _total_stats(stats, weights)
+    return GroupScores(stats.groups.flat(normalize_in_groups(total, numerics))[0])
 
 
 @estimator("grpo_nostd", fixed={"group_std": "none"})
-def grpo_nostd(rewards: Tensor, groups: GroupIndex, weights: Tensor, numerics: AdvantageNumerics) -> GroupScores:
+def grpo_nostd(stats: GroupStats, weights: Tensor, numerics: AdvantageNumerics) -> GroupScores:
     """GRPO without the std division (the paper's "GRPO w/o std" baseline)."""
-    return grpo(rewards, groups, weights, numerics)
+    return grpo(stats, weights, numerics)
 
 
 @estimator("dr_grpo", fixed={"group_baseline": "mean", "group_std": "none"})
-def dr_grpo(rewards: Tensor, groups: GroupIndex, weights: Tensor, numerics: AdvantageNumerics) -> GroupScores:
+def dr_grpo(stats: GroupStats, weights: Tensor, numerics: AdvantageNumerics) -> GroupScores:
     """Dr.GRPO: r - group mean (its loss-side changes live in the loss config)."""
-    return grpo(rewards, groups, weights, numerics)
+    return grpo(stats, weights, numerics)
 
 
 @estimator("rloo", fixed={"group_baseline": "leave_one_out", "group_std": "none"})
-def rloo(rewards: Tensor, groups: GroupIndex, weights: Tensor, numerics: AdvantageNumerics) -> GroupScores:
+def rloo(stats: GroupStats, weights: Tensor, numerics: AdvantageNumerics) -> GroupScores:
     """REINFORCE leave-one-out: r_i - mean of the other rollouts of the group."""
-    return grpo(rewards, groups, weights, numerics)
+    return grpo(stats, weights, numerics)
 
 
 @estimator("gpg", fixed={"group_baseline": "mean", "group_std": "none"})
-def gpg(rewards: Tensor, groups: GroupIndex, weights: Tensor, numerics: AdvantageNumerics) -> GroupScores:
+def gpg(stats: GroupStats, weights: Tensor, numerics: AdvantageNumerics) -> GroupScores:
     """GPG: r - group mean, plus the gradient correction alpha = B / (B - M).
 
     M counts the rollouts in groups whose (present) combined rewards are all equal: they
     contribute no gradient. When every group is degenerate alpha is 1 (there is no
     gradient to rescale).
     """
-    total = weighted_reward_sum(rewards, weights).unsqueeze(1)
-    stats = column_stats(total, groups)
-    degenerate = int(groups.sizes[stats.constant[:, 0]].sum())
-    batch = int(total.shape[0])
+    total = _total_stats(stats, weights)
+    groups = stats.groups
+    degenerate = int(groups.sizes[total.constant[0]].sum())
+    batch = groups.num_rows
     alpha = batch / (batch - degenerate) if batch > degenerate else 1.0
-    return GroupScores(normalize_in_groups(total, groups, numerics).squeeze(1), gpg_alpha=alpha)
+    return GroupScores(groups.flat(normalize_in_groups(total, numerics))[0], gpg_alpha=alpha)
 
 
 # ----------------------------------------------------------------------------- conditions
@@ -238,31 +297,41 @@ def apply_reward_conditions(rewards: Tensor, specs: Sequence[RewardSpec]) -> Ten
 
 # ----------------------------------------------------------------------------- batch normalization
 
-def normalize_batch(scores: Tensor, row_weight: Tensor, mode: str, eps: float) -> Tensor:
-    """Whiten scores [N] with statistics weighted by row_weight [N] (0 = excluded).
+def normalize_batch(scores: Tensor, row_weight: Optional[Tensor], mode: str, eps: float) -> Tensor:
+    """Whiten scores [N] in place with statistics weighted by row_weight [N] (0 = excluded; None = all 1).
 
     row_weight is 1 per rollout for per-sample normalization and the number of response
     tokens for per-token whitening: every token of a rollout carries the same value, so
-    token statistics reduce exactly to length-weighted rollout statistics.
+    token statistics reduce exactly to length-weighted rollout statistics. Identical
+    included scores give exactly 0 (no spread, nothing to divide). Excluded rows come
+    out with arbitrary values: callers zero them.
     """
-    included = row_weight > 0
-    n = row_weight.sum()
-    if not bool(included.any()):
+    if scores.numel() == 0:
+        return scores
+    if row_weight is None:
+        lo, hi = torch.aminmax(scores)
+        total = torch.tensor(float(scores.numel()), dtype=scores.dtype)
+    else:
+        included = row_weight > 0
+        lo = torch.where(included, scores, float("inf")).min()
+        hi = torch.where(included, scores, float("-inf")).max()
+        total = row_weight.sum()
+    n, lo, hi = torch.stack([total, lo, hi]).tolist()
+    if lo > hi:  # nothing included
         return torch.zeros_like(scores)
-    lo = scores[included].min()
-    hi = scores[included].max()
-    mean = lo if bool(lo == hi) else (row_weight * scores).sum() / n
-    centered = scores - mean
-    var = (row_weight * centered * centered).sum() / (n - 1.0) if float(n) > 1.0 else scores.new_zeros(())
-    if bool(lo == hi):
-        var = scores.new_zeros(())
-    std = var.sqrt()
+    if lo == hi:
+        return scores - lo
+    mean = (scores.sum() if row_weight is None else torch.dot(row_weight, scores)) / n
+    centered = scores.sub_(mean)  # the estimator's own buffer: no second [N] allocation
+    weighted = centered if row_weight is None else row_weight * centered
+    var = float(torch.dot(weighted, centered)) / (n - 1.0) if n > 1.0 else 0.0
+    std = math.sqrt(var)
     if mode == "add":
-        return centered / (std + eps) if float(std) + eps > 0.0 else centered
+        return centered.mul_(1.0 / (std + eps)) if std + eps > 0.0 else centered
     if mode == "where_positive":
-        return centered / (std + eps) if float(std) > 0.0 else centered
+        return centered.mul_(1.0 / (std + eps)) if std > 0.0 else centered
     if mode == "inside_sqrt":
-        return centered * torch.rsqrt(var + eps) if float(var) + eps > 0.0 else centered
+        return centered.mul_(1.0 / math.sqrt(var + eps)) if var + eps > 0.0 else centered
     raise ValueError(f"unknown batch_eps_mode {mode!r}")
 
 
@@ -295,17 +364,19 @@ def _check_inputs(rewards: Tensor, group_ids: Tensor, algorithm: AlgorithmConfig
                          f"{', '.join(algorithm.reward_names)}")
     if group_ids.shape != (n,):
         raise ValueError(f"group_ids must be [N] = [{n}], got shape {tuple(group_ids.shape)}")
-    infinite = torch.isinf(rewards)
-    if bool(infinite.any()):
-        row, col = (int(i) for i in infinite.nonzero()[0])
-        name = reward_names(algorithm, k)[col]
-        raise ValueError(f"reward {name!r} of rollout {row} is {float(rewards[row, col])}: "
-                         f"rewards must be finite (use NaN for a missing value)")
     if response_mask is not None and (response_mask.dim() != 2 or response_mask.shape[0] != n):
         raise ValueError(f"response_mask must be [N, T] with N = {n}, got shape {tuple(response_mask.shape)}")
     if numerics.batch_norm == "token" and response_mask is None:
         raise ValueError(f"batch_norm=token (preset {numerics.preset!r}) whitens over response tokens and "
                          f"needs response_mask; pass it or set algorithm.batch_norm=sample")
+
+
+def _check_finite(rewards: Tensor, names: list[str]) -> None:
+    infinite = torch.isinf(rewards)
+    if bool(infinite.any()):
+        row, col = (int(i) for i in infinite.nonzero()[0])
+        raise ValueError(f"reward {names[col]!r} of rollout {row} is {float(rewards[row, col])}: "
+                         f"rewards must be finite (use NaN for a missing value)")
 
 
 def compute_advantages(rewards: Tensor, group_ids: Tensor, algorithm: AlgorithmConfig,
@@ -315,81 +386,110 @@ def compute_advantages(rewards: Tensor, group_ids: Tensor, algorithm: AlgorithmC
     _check_inputs(rewards, group_ids, algorithm, response_mask, numerics)
     names = reward_names(algorithm, rewards.shape[1])
     weights = torch.tensor(algorithm.reward_weights or [1.0] * rewards.shape[1], dtype=torch.float64)
-    raw = rewards.detach().to(device="cpu", dtype=torch.float64)
-    conditioned = apply_reward_conditions(raw, algorithm.rewards)
+    raw = rewards.detach().cpu()
+    conditioned = raw
+    if any(spec.condition is not None for spec in algorithm.rewards):
+        raw = raw.to(torch.float64)  # `otherwise` values are float64 numbers
+        _check_finite(raw, names)
+        conditioned = apply_reward_conditions(raw, algorithm.rewards)
     groups = index_groups(group_ids.detach().cpu())
+    stats = column_stats(groups.columns(conditioned), groups)
+    if bool(((stats.maximum == float("inf")) | (stats.minimum == float("-inf"))).any()):
+        _check_finite(raw, names)
 
-    group_scores = ESTIMATORS.get(numerics.estimator).compute(conditioned, groups, weights, numerics)
-    has_reward = (~torch.isnan(conditioned)).any(dim=1)
-    scores = torch.where(has_reward, group_scores.scores, torch.zeros_like(group_scores.scores))
+    # everything below runs in the layout order of `groups`; the result goes back at the end
+    group_scores = ESTIMATORS.get(numerics.estimator).compute(stats, weights, numerics)
+    has_reward = groups.flat(stats.valid).any(dim=0) if stats.any_missing else None
+    num_with_reward = groups.num_rows if has_reward is None else int(has_reward.sum())
+    all_rewarded = num_with_reward == groups.num_rows
+    scores = group_scores.scores
+    if not all_rewarded:
+        scores = torch.where(has_reward, scores, 0.0)
 
     mask = None if response_mask is None else response_mask.detach().cpu().to(torch.float64)
     if numerics.batch_norm == "sample":
-        scores = normalize_batch(scores, has_reward.to(torch.float64), numerics.batch_eps_mode, numerics.batch_eps)
+        weight = None if all_rewarded else has_reward.to(torch.float64)
+        scores = normalize_batch(scores, weight, numerics.batch_eps_mode, numerics.batch_eps)
     elif numerics.batch_norm == "token":
-        lengths = mask.sum(dim=1) * has_reward
+        lengths = groups.to_layout(mask.sum(dim=1))
+        lengths = lengths if all_rewarded else lengths * has_reward
         scores = normalize_batch(scores, lengths, numerics.batch_eps_mode, numerics.batch_eps)
-    final = torch.where(has_reward, scores, torch.zeros_like(scores))
-    if not bool(torch.isfinite(final).all()):  # a bug, not a user error: fail loudly
-        raise FloatingPointError(f"non-finite advantage produced with {numerics.as_dict()}")
+    final = scores if all_rewarded else torch.where(has_reward, scores, 0.0)
+    diagnostics = advantage_diagnostics(raw, stats, final, num_with_reward, algorithm.rewards, names)
+    if not (math.isfinite(diagnostics["adv/min"]) and math.isfinite(diagnostics["adv/max"])):
+        raise FloatingPointError(f"non-finite advantage produced with {numerics.as_dict()}")  # a bug: fail loudly
+    if group_scores.gpg_alpha is not None:
+        diagnostics["adv/gpg_alpha"] = group_scores.gpg_alpha
 
-    advantages = final.to(torch.float32)
+    advantages = groups.from_layout(final.to(torch.float32))
     token_advantages = None
     if mask is not None:
         token_advantages = advantages.unsqueeze(1) * mask.to(torch.float32)
-    diagnostics = advantage_diagnostics(raw, conditioned, groups, final, has_reward, algorithm.rewards, names)
-    if group_scores.gpg_alpha is not None:
-        diagnostics["adv/gpg_alpha"] = group_scores.gpg_alpha
     return AdvantageResult(advantages, token_advantages, group_scores.gpg_alpha, diagnostics)
 
 
 # ----------------------------------------------------------------------------- diagnostics
 
-def distinct_per_group(values: Tensor, groups: GroupIndex, decimals: int = RESOLUTION_DECIMALS) -> Tensor:
-    """[G] number of distinct values (rounded to `decimals`) among each group's rows."""
-    quantized = torch.round(values * 10.0 ** decimals).to(torch.int64)
-    distinct_values, value_id = torch.unique(quantized, return_inverse=True)
-    # one int64 key per (group, value) pair: 1-D unique is far faster than unique(dim=0)
-    width = max(int(distinct_values.numel()), 1)
-    pairs = torch.unique(groups.inverse * width + value_id)
-    return torch.bincount(pairs // width, minlength=groups.num_groups)
+def advantage_diagnostics(raw: Tensor, stats: GroupStats, final: Tensor, num_with_reward: int,
+                          specs: Sequence[RewardSpec], names: list[str]) -> dict[str, float]:
+    """Flat, log-ready statistics of one batch (keys in docs/advantages.md).
 
-
-def _nan_std(values: Tensor) -> float:
-    present = values[~torch.isnan(values)]
-    if present.numel() < 2 or bool(present.min() == present.max()):
-        return 0.0
-    return float(present.std())
-
-
-def advantage_diagnostics(raw: Tensor, conditioned: Tensor, groups: GroupIndex, final: Tensor,
-                          has_reward: Tensor, specs: Sequence[RewardSpec], names: list[str]) -> dict[str, float]:
-    """Flat, log-ready statistics of one batch (keys in docs/observability.md; reward means are the trainer's)."""
+    Reward statistics come from the per-group statistics already computed for the
+    estimator (pooled mean and variance: the groups' squared deviations plus their
+    count-weighted squared offsets from the pooled mean); `final` [N] float64 is in the
+    layout order of the groups. Everything is gathered into one tensor and read back once.
+    """
+    groups = stats.groups
+    n = groups.num_rows
     out: dict[str, float] = {}
-    stats = column_stats(conditioned, groups)
-    with_values = stats.count >= 1
-    for k, name in enumerate(names):
-        column = conditioned[:, k]
-        out[f"reward/{name}/std"] = _nan_std(column)
-        out[f"reward/{name}/missing_frac"] = float(torch.isnan(column).double().mean()) if column.numel() else 0.0
-        groups_with = with_values[:, k]
-        out[f"reward/{name}/zero_var_group_frac"] = (
-            float((stats.constant[:, k] & groups_with).double().sum() / groups_with.double().sum())
-            if bool(groups_with.any()) else 0.0)
-    for k, spec in enumerate(specs):
-        if spec.condition is not None:
-            gate = raw[:, names.index(spec.condition.reward)]
-            known = gate[~torch.isnan(gate)]
-            out[f"reward/{spec.name}/gate_open_frac"] = (
-                float((known >= spec.condition.threshold).double().mean()) if known.numel() else 0.0)
-    n = final.numel()
-    out["adv/mean"] = float(final.mean()) if n else 0.0
-    out["adv/std"] = float(final.std()) if n > 1 else 0.0
-    out["adv/min"] = float(final.min()) if n else 0.0
-    out["adv/max"] = float(final.max()) if n else 0.0
-    out["adv/zero_frac"] = float((final == 0).double().mean()) if n else 0.0
-    out["adv/all_missing_frac"] = float((~has_reward).double().mean()) if n else 0.0
-    out["adv/resolution_mean"] = float(distinct_per_group(final, groups).double().mean()) if n else 0.0
+    if n == 0:
+        for name in names:
+            for stat in ("std", "missing_frac", "zero_var_group_frac"):
+                out[f"reward/{name}/{stat}"] = 0.0
+        for key in ("mean", "std", "min", "max", "zero_frac", "all_missing_frac", "resolution_mean"):
+            out[f"adv/{key}"] = 0.0
+        out["groups/count"] = 0.0
+        out["groups/size_mean"] = 0.0
+        return out
+    count = stats.count
+    present = count.sum(1)  # [K]
+    pooled_mean = stats.total.sum(1) / present.clamp(min=1.0)
+    spread = stats.sq_dev.sum(1) + (count * (stats.mean - pooled_mean.unsqueeze(1)).square()).sum(1)
+    varies = (stats.minimum.amin(1) < stats.maximum.amax(1)) & (present >= 2)
+    pooled_std = torch.where(varies, (spread / (present - 1.0).clamp(min=1.0)).sqrt(), 0.0)
+    with_values = count >= 1
+    zero_var = (with_values & (stats.minimum == stats.maximum)).sum(1) / with_values.sum(1).clamp(min=1)
+    # advantages are centered within their groups, so the one-pass variance loses no digits
+    adv_mean = final.sum() / n
+    squares = torch.dot(final, final)
+    adv_std = ((squares - n * adv_mean * adv_mean).clamp(min=0.0) / (n - 1)).sqrt() if n > 1 else final.new_zeros(())
+    lo, hi = torch.aminmax(final)
+    summary = [pooled_mean, pooled_std, present, zero_var, torch.stack([adv_mean, adv_std, lo, hi, (final == 0).sum()])]
+    gates = [(spec.name, raw[:, names.index(spec.condition.reward)], spec.condition.threshold)
+             for spec in specs if spec.condition is not None]
+    if gates:
+        summary.append(torch.stack([((gate >= threshold).sum() / (gate == gate).sum().clamp(min=1)).to(torch.float64)
+                                    for _, gate, threshold in gates]))
+    values = torch.cat([v if v.dtype == torch.float64 else v.to(torch.float64) for v in summary]).tolist()
+
+    k = len(names)
+    for row, stat in enumerate(("mean", "std", "missing_frac", "zero_var_group_frac")):
+        if stat == "mean":
+            continue  # the pooled mean only feeds the std here; reward/<name>/mean is the trainer's
+        for col, name in enumerate(names):
+            value = values[row * k + col]
+            out[f"reward/{name}/{stat}"] = 1.0 - value / n if stat == "missing_frac" else value
+    adv = values[4 * k:]
+    for (name, _, _), value in zip(gates, adv[5:]):
+        out[f"reward/{name}/gate_open_frac"] = value
+    out.update({"adv/mean": adv[0], "adv/std": adv[1], "adv/min": adv[2], "adv/max": adv[3],
+                "adv/zero_frac": adv[4] / n, "adv/all_missing_frac": 1.0 - num_with_reward / n})
+    # advantages equal to RESOLUTION_DECIMALS decimals count as one value (exact integers in float64)
+    quantized = (final * 10.0 ** RESOLUTION_DECIMALS).round_()
+    if max(-adv[2], adv[3]) * 10.0 ** RESOLUTION_DECIMALS < 2.0 ** 31:  # narrower keys sort faster
+        quantized = quantized.to(torch.int32)
+    distinct = groups.count_distinct(quantized)
+    out["adv/resolution_mean"] = distinct / groups.num_groups
     out["groups/count"] = float(groups.num_groups)
-    out["groups/size_mean"] = float(n / groups.num_groups) if groups.num_groups else 0.0
+    out["groups/size_mean"] = n / groups.num_groups
     return out

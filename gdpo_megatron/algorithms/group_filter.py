@@ -28,8 +28,8 @@ from gdpo_megatron.config.algorithm import AlgorithmConfig
 from gdpo_megatron.config.group_filter import AdaptiveRetainConfig
 from gdpo_megatron.registry import Registry
 
-from .advantages import apply_reward_conditions, reward_names, weighted_reward_sum
-from .segments import GroupIndex, column_stats, index_groups, segment_sum
+from .advantages import apply_reward_conditions, reward_names
+from .segments import GroupIndex, group_stats, index_groups
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,13 @@ def token_efficiency(inputs: FilterInputs) -> Tensor:
     counted = inputs.rewards[:, inputs.efficiency_weights != 0]
     numerator = weighted_reward_sum(counted, inputs.efficiency_weights[inputs.efficiency_weights != 0])
     return numerator / inputs.lengths.clamp(min=1.0)
+
+
+def weighted_reward_sum(rewards: Tensor, weights: Tensor) -> Tensor:
+    """[N] sum_k w_k r_k over the rewards present; NaN where all K are missing."""
+    valid = ~torch.isnan(rewards)
+    total = torch.where(valid, rewards, torch.zeros_like(rewards)) @ weights
+    return torch.where(valid.any(dim=1), total, torch.full_like(total, float("nan")))
 
 
 def top_k_in_groups(scores: Tensor, groups: GroupIndex, keep: Tensor) -> Tensor:
@@ -177,8 +184,8 @@ def filter_groups(rewards: Tensor, group_ids: Tensor, lengths: Tensor, algorithm
     else:
         if tracker is None:
             raise ValueError("adaptive group filter needs its DifficultyTracker (the running statistics)")
-        stats = column_stats(weighted_reward_sum(conditioned, weights).unsqueeze(1), groups)
-        means = torch.where(stats.count[:, 0] >= 1, stats.mean[:, 0], torch.full_like(stats.mean[:, 0], float("nan")))
+        stats = group_stats(weighted_reward_sum(conditioned, weights).unsqueeze(1), groups)
+        means = torch.where(stats.count[0] >= 1, stats.mean[0], torch.full_like(stats.mean[0], float("nan")))
         tracker.update(means)
         edges = tracker.edges(config.adaptive.quantiles)
         bucket = difficulty_buckets(means, edges, len(config.adaptive.retain))
@@ -205,9 +212,10 @@ def filter_metrics(result: FilterResult, conditioned: Tensor, weights: Tensor, l
     combined = torch.nan_to_num(kept, nan=0.0) @ weights  # missing counts 0, as in reward/combined/mean
     out["gfpo/reward/combined/retained_mean"] = float(combined.mean()) if combined.numel() else float("nan")
     if adaptive is not None:
-        buckets = GroupIndex(result.bucket, len(adaptive.retain))
-        groups_per_bucket = segment_sum(torch.ones_like(result.bucket, dtype=torch.float64), buckets)
-        kept_per_bucket = segment_sum(result.retained_per_group.to(torch.float64), buckets)
+        num_buckets = len(adaptive.retain)
+        groups_per_bucket = torch.bincount(result.bucket, minlength=num_buckets).to(torch.float64)
+        kept_per_bucket = torch.bincount(result.bucket, weights=result.retained_per_group.to(torch.float64),
+                                         minlength=num_buckets)
         for b, configured in enumerate(adaptive.retain):
             groups_in = float(groups_per_bucket[b])
             out[f"gfpo/bucket{b}/groups"] = groups_in

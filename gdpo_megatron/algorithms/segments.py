@@ -1,139 +1,363 @@
-"""Vectorized per-group statistics of NaN-aware reward columns (segment operations).
+"""Per-group statistics of NaN-aware reward columns, computed once per batch.
 
 Groups are arbitrary integer ids: members need not be contiguous or equally many.
-Everything here is O(N * K) scatter/index_add work; there is no Python loop over groups.
-Missing values are NaN and are left out of every statistic.
+Missing values are NaN and are left out of every statistic. Nothing loops over groups.
+
+How the work is laid out (`GroupIndex`): the rewards are copied once into float64 columns,
+one contiguous row per reward, so every per-group reduction runs over the innermost
+dimension (several times faster than reducing across the middle of [N, K]).
+
+* the common layout, groups of S consecutive rows in increasing id order, becomes a
+  [K, G, S] table: no sort, no gather, no scatter;
+* any other layout is first put in that order by a stable sort of the ids (rows of a
+  group keep their relative order). If the groups are then equally large, the very same
+  [K, G, S] code runs, so the result is bit for bit the one of the contiguous batch
+  holding the rows in that order. Unequal groups are gathered into padded
+  [K, G_b, S_b] blocks (pads hold each reduction's identity; exact sizes when there are
+  few distinct ones, powers of two otherwise, so padding at most doubles the work);
+  per-row values reach their groups' statistics by one gather.
 
 Exactness matters more than elegance here: a group whose valid values are all equal
-must produce exactly zero centered values and exactly zero spread (users read
-"zero-variance group" diagnostics, and `where_positive` epsilon modes branch on std == 0),
-so constant groups are detected with min == max rather than trusted to round-off.
+produces exactly zero centered values and exactly zero spread (users read "zero-variance
+group" diagnostics, and `where_positive` epsilon modes branch on std == 0). The mean of
+such a group is its minimum, not a rounded sum / count, so every centered value is an
+exact 0 without a separate mask.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
+from typing import Optional
 
 import torch
 from torch import Tensor
 
+_EXACT_SIZE_BLOCKS = 8  # up to this many distinct group sizes, each size gets its own block
+
 
 @dataclass(frozen=True)
+class _Block:
+    """Groups padded to one width: rows[g, s] is a layout row, or N (a missing-value pad)."""
+
+    groups: Tensor  # [G_b] dense group numbers
+    rows: Tensor  # [G_b, S_b] int64
+
+
+@dataclass(frozen=True, eq=False)
 class GroupIndex:
-    """Rows mapped to dense group numbers 0..num_groups-1 (in sorted order of the ids)."""
+    """How the N rows of a batch map to groups numbered 0..num_groups-1 (sorted order of the ids).
 
-    inverse: Tensor  # [N] int64: dense group number of each row
+    Work happens in the *layout*: the rows reordered so that each group's rows are
+    consecutive (`order` is that permutation, None when the batch already is). `size` is
+    the common group size when all groups are equally large, else None.
+    """
+
     num_groups: int
+    num_rows: int
+    sizes: Tensor  # [G] int64 rows per group
+    order: Optional[Tensor] = None  # [N] layout row j is batch row order[j]; None = identity
+    size: Optional[int] = None
 
-    @property
-    def sizes(self) -> Tensor:
-        """[G] int64 number of rows per group."""
-        return torch.bincount(self.inverse, minlength=self.num_groups)
+    # -- moving between the batch order and the layout
+
+    def to_layout(self, x: Tensor) -> Tensor:
+        """Batch-order rows [N, ...] -> layout order."""
+        return x if self.order is None else x.index_select(0, self.order)
+
+    def from_layout(self, y: Tensor) -> Tensor:
+        """Layout-order rows [N, ...] -> batch order."""
+        if self.order is None:
+            return y
+        return torch.empty_like(y).index_copy_(0, self.order, y)
+
+    @cached_property
+    def inverse(self) -> Tensor:
+        """[N] int64 dense group number of each batch row."""
+        return self.from_layout(self.layout_inverse)
+
+    @cached_property
+    def layout_inverse(self) -> Tensor:
+        """[N] int64 dense group number of each layout row (non-decreasing)."""
+        return torch.repeat_interleave(torch.arange(self.num_groups), self.sizes)
+
+    # -- the column layout the statistics work in: one contiguous row per reward, so that
+    # every per-group reduction runs over the innermost dimension
+
+    def columns(self, x: Tensor) -> Tensor:
+        """Batch-order x [N, K] -> float64 columns in layout order ([K, G, S] when uniform, else [K, N]).
+
+        One copy does the transpose and the conversion (mixed float32/float64 arithmetic
+        later would convert again inside every operation)."""
+        cols = x.t()
+        if self.order is not None:
+            cols = cols.index_select(1, self.order)
+        cols = cols.to(torch.float64, memory_format=torch.contiguous_format)
+        return cols.view(cols.shape[0], self.num_groups, self.size) if self.size is not None else cols
+
+    def flat(self, y: Tensor) -> Tensor:
+        """`columns`-shaped -> [K, N] (layout order)."""
+        return y.reshape(y.shape[0], self.num_rows)
+
+    def shaped(self, y: Tensor) -> Tensor:
+        """[K, N] layout-order columns -> `columns` shape."""
+        return y.view(y.shape[0], self.num_groups, self.size) if self.size is not None else y
+
+    def per_row(self, stat: Tensor) -> Tensor:
+        """[K, G] per-group values, broadcastable against `columns`-shaped values."""
+        return stat.unsqueeze(-1) if self.size is not None else stat[:, self.layout_inverse]
+
+    @cached_property
+    def _blocks(self) -> list[_Block]:
+        starts = torch.cumsum(self.sizes, 0) - self.sizes
+        distinct = torch.unique(self.sizes)
+        if distinct.numel() <= _EXACT_SIZE_BLOCKS:
+            widths = distinct
+            width_of = self.sizes
+        else:  # padded to the next power of two: at most twice the rows
+            width_of = torch.pow(2, torch.ceil(torch.log2(self.sizes.clamp(min=1).double()))).to(torch.int64)
+            widths = torch.unique(width_of)
+        blocks = []
+        for width in widths.tolist():
+            members = torch.nonzero(width_of == width).flatten()
+            offsets = torch.arange(width)
+            rows = starts[members].unsqueeze(1) + offsets
+            rows = torch.where(offsets < self.sizes[members].unsqueeze(1), rows, torch.full_like(rows, self.num_rows))
+            blocks.append(_Block(groups=members, rows=rows))
+        return blocks
+
+    def reduce(self, values: Tensor, how: str) -> Tensor:
+        """Per-group sum / amin / amax of `columns`-shaped values -> [K, G]; missing values must
+        already be the operation's identity (0, +inf, -inf). Sums are float64."""
+        if self.size is not None:
+            return _reduce_rows(values, how)
+        fill = {"sum": 0, "amin": float("inf"), "amax": float("-inf")}[how]
+        padded = torch.cat([values, values.new_full((values.shape[0], 1), fill)], dim=1)
+        out = None
+        for block in self._blocks:
+            part = _reduce_rows(padded[:, block.rows], how)
+            if out is None:
+                out = part.new_empty((values.shape[0], self.num_groups))
+            out[:, block.groups] = part
+        return out
+
+    def count_distinct(self, values: Tensor) -> int:
+        """Sum over groups of the number of distinct values among the group's rows (layout-order [N])."""
+        if self.size is not None:
+            ordered = values.view(self.num_groups, self.size).sort(dim=1).values
+            return self.num_groups + int((ordered[:, 1:] != ordered[:, :-1]).sum())
+        # sorts after every real value; not counted
+        pad = float("inf") if values.is_floating_point() else torch.iinfo(values.dtype).max
+        padded = torch.cat([values, values.new_full((1,), pad)])
+        total = 0
+        for block in self._blocks:
+            ordered = padded[block.rows].sort(dim=1).values
+            real = ordered != pad
+            changes = (ordered[:, 1:] != ordered[:, :-1]) & real[:, 1:]
+            total += int(real[:, 0].sum() + changes.sum())
+        return total
+
+
+def _reduce_rows(table: Tensor, how: str) -> Tensor:
+    """[K, G, S] -> [K, G] over the rows of each group (a sum always accumulates in float64)."""
+    if how == "sum":
+        return table.sum(-1, dtype=torch.float64)
+    return table.amin(-1) if how == "amin" else table.amax(-1)
 
 
 def index_groups(group_ids: Tensor) -> GroupIndex:
+    """Group ids [N] (any integers, any order) -> GroupIndex; contiguous equal groups cost O(N) and no sort."""
     if group_ids.dim() != 1:
         raise ValueError(f"group_ids must be 1-D [N], got shape {tuple(group_ids.shape)}")
     if group_ids.is_floating_point() or group_ids.is_complex() or group_ids.dtype == torch.bool:
         raise ValueError(f"group_ids must be an integer tensor, got {group_ids.dtype}")
-    unique, inverse = torch.unique(group_ids, return_inverse=True)
-    return GroupIndex(inverse=inverse.to(torch.int64), num_groups=int(unique.numel()))
+    n = int(group_ids.numel())
+    if n == 0:
+        return GroupIndex(num_groups=0, num_rows=0, sizes=torch.zeros(0, dtype=torch.int64), size=1)
+    order = None
+    if not bool((group_ids[1:] >= group_ids[:-1]).all()):
+        # some group is split or out of order: sort (stable keeps the rows' relative order)
+        order = torch.argsort(group_ids, stable=True)
+        group_ids = group_ids.index_select(0, order)
+    heads, counts = torch.unique_consecutive(group_ids, return_counts=True)
+    lo, hi = torch.aminmax(counts)
+    size = int(lo) if bool(lo == hi) else None
+    return GroupIndex(num_groups=int(heads.numel()), num_rows=n, sizes=counts, order=order, size=size)
 
 
-def segment_sum(values: Tensor, groups: GroupIndex) -> Tensor:
-    """[N, ...] -> [G, ...] sums per group (index_add_ on CPU adds in row order: deterministic)."""
-    out = values.new_zeros((groups.num_groups, *values.shape[1:]))
-    return out.index_add_(0, groups.inverse, values)
+@dataclass(frozen=True, eq=False)
+class GroupStats:
+    """Per-group statistics of the columns of x [N, K] (NaN = missing), computed in one pass.
 
+    Per-group tensors are [K, G] float64: one row per reward, groups in group-number order
+    (sorted ids). Per-row tensors are `groups.columns`-shaped, in layout order ([K, G, S]
+    for equal groups, else [K, N]; `groups.flat` gives [K, N], `groups.from_layout` on
+    its transpose gives batch order). Constant groups (all valid values equal, or at most
+    one valid value) have mean == their value and exactly zero centered values and sq_dev.
+    """
 
-def _segment_extreme(values: Tensor, groups: GroupIndex, reduce: str, fill: float) -> Tensor:
-    index = groups.inverse.view(-1, *([1] * (values.dim() - 1))).expand_as(values)
-    out = values.new_full((groups.num_groups, *values.shape[1:]), fill)
-    return out.scatter_reduce_(0, index, values, reduce=reduce, include_self=True)
-
-
-@dataclass(frozen=True)
-class ColumnStats:
-    """Per-group statistics of the columns of x [N, K] (NaN = missing); all [G, K] unless noted."""
-
-    valid: Tensor  # [N, K] bool
-    count: Tensor  # float64 number of valid values
-    mean: Tensor  # exact value in constant groups, 0 where count == 0
-    centered: Tensor  # [N, K] x - group mean, exactly 0 in constant groups and where missing
-    sq_dev: Tensor  # sum of centered**2
-    dev_sum: Tensor  # sum of centered (round-off of the mean; kept for the leave-one-out algebra)
+    groups: GroupIndex
+    values: Tensor  # columns, float64, NaN = missing
+    count: Tensor  # number of valid values
+    total: Tensor  # sum of valid values
+    mean: Tensor  # 0 where count == 0
     minimum: Tensor  # +inf where count == 0
     maximum: Tensor  # -inf where count == 0
-    is_min: Tensor  # [N, K] bool: valid and equal to its group's minimum
-    is_max: Tensor  # [N, K] bool
-    count_min: Tensor  # float64 how many valid values equal the minimum
-    count_max: Tensor
+    sq_dev: Tensor  # sum of squared deviations from the group mean
+    any_missing: bool  # some value is NaN
+
+    @cached_property
+    def valid(self) -> Tensor:
+        """Columns-shaped bool: the value is present."""
+        return self.values == self.values
+
+    @cached_property
+    def centered(self) -> Tensor:
+        """Columns-shaped float64: value - group mean, exactly 0 in constant groups and where missing."""
+        centered = self.values - self._mean_rows
+        return centered.nan_to_num_(0.0) if self.any_missing else centered
+
+    @cached_property
+    def _mean_rows(self) -> Tensor:
+        return self.groups.per_row(self.mean)
+
+    def centered_column(self, k: int, out: Tensor) -> Tensor:
+        """Reward k's centered values written into `out` (float64, shaped like `values[k]`),
+        without materializing every column."""
+        torch.sub(self.values[k], self._mean_rows[k], out=out)
+        return out.nan_to_num_(0.0) if self.any_missing else out
 
     @property
     def constant(self) -> Tensor:
-        """[G, K] groups whose valid values are all equal (including 0 or 1 valid values)."""
+        """[K, G] groups whose valid values are all equal (including 0 or 1 valid values)."""
         return (self.count <= 1) | (self.minimum == self.maximum)
 
+    def std(self, correction: int) -> Tensor:
+        """[K, G] standard deviation with denominator count - correction; exactly 0 where
+        constant or undefined (count <= correction: sq_dev is 0 there)."""
+        return (self.sq_dev / (self.count - correction).clamp(min=1.0)).sqrt()
 
-def column_stats(x: Tensor, groups: GroupIndex) -> ColumnStats:
-    """NaN-aware per-group statistics of every column of x [N, K] (float64 expected)."""
-    valid = ~torch.isnan(x)
-    filled = torch.where(valid, x, torch.zeros_like(x))
-    count = segment_sum(valid.to(x.dtype), groups)
-    total = segment_sum(filled, groups)
-    minimum = _segment_extreme(torch.where(valid, x, torch.full_like(x, float("inf"))), groups, "amin", float("inf"))
-    maximum = _segment_extreme(torch.where(valid, x, torch.full_like(x, float("-inf"))), groups, "amax", float("-inf"))
-    constant = (count <= 1) | (minimum == maximum)
-    mean = total / count.clamp(min=1.0)
-    mean = torch.where(constant & (count >= 1), minimum, mean)
-    mean = torch.where(count >= 1, mean, torch.zeros_like(mean))
-    centered = torch.where(valid, filled - mean[groups.inverse], torch.zeros_like(x))
-    centered = torch.where(constant[groups.inverse], torch.zeros_like(x), centered)
-    is_min = valid & (x == minimum[groups.inverse])
-    is_max = valid & (x == maximum[groups.inverse])
-    return ColumnStats(
-        valid=valid, count=count, mean=mean, centered=centered,
-        sq_dev=segment_sum(centered * centered, groups), dev_sum=segment_sum(centered, groups),
-        minimum=minimum, maximum=maximum, is_min=is_min, is_max=is_max,
-        count_min=segment_sum(is_min.to(x.dtype), groups), count_max=segment_sum(is_max.to(x.dtype), groups),
-    )
+    # -- leave-one-out pieces (only leave-one-out numerics need them)
 
+    @cached_property
+    def dev_sum(self) -> Tensor:
+        """[K, G] sum of centered values (the round-off of the mean, for the leave-one-out algebra)."""
+        return self.groups.reduce(self.centered, "sum")
 
-def group_std(stats: ColumnStats, correction: int) -> Tensor:
-    """[G, K] standard deviation with denominator count - correction; 0 where undefined or constant."""
-    denom = stats.count - correction
-    var = stats.sq_dev / denom.clamp(min=1.0)
-    std = var.clamp(min=0.0).sqrt()
-    return torch.where((denom > 0) & ~stats.constant, std, torch.zeros_like(std))
+    @cached_property
+    def is_min(self) -> Tensor:
+        return self.valid & (self.values == self.groups.per_row(self.minimum))
+
+    @cached_property
+    def is_max(self) -> Tensor:
+        return self.valid & (self.values == self.groups.per_row(self.maximum))
+
+    @cached_property
+    def count_min(self) -> Tensor:
+        return self.groups.reduce(self.is_min, "sum")
+
+    @cached_property
+    def count_max(self) -> Tensor:
+        return self.groups.reduce(self.is_max, "sum")
 
 
-def leave_one_out_centered(stats: ColumnStats, groups: GroupIndex) -> Tensor:
-    """[N, K] x_i minus the mean of the other valid values of its group: n/(n-1) * (x_i - mean).
+def group_stats(x: Tensor, groups: GroupIndex) -> GroupStats:
+    """NaN-aware per-group statistics of the columns of x [N, K] (any float dtype, batch order)."""
+    return column_stats(groups.columns(x), groups)
 
-    0 where the row is missing or has no valid peer.
+
+def column_stats(values: Tensor, groups: GroupIndex) -> GroupStats:
+    """`group_stats` of values already in the column layout (`groups.columns`).
+
+    Equal groups first reduce the raw values (a group holding a NaN comes out NaN), then
+    redo only the (reward, group) pairs that hold a missing value with the NaN-aware
+    reductions: batches without missing rewards pay for no masking at all. Sums
+    accumulate in float64; the squared deviations are summed one reward at a time
+    through one scratch buffer (the batch is bound by memory traffic, not arithmetic).
     """
-    n = stats.count[groups.inverse]
+    if groups.size is None:
+        return _masked_stats(values, groups)
+    f64 = torch.float64
+    total = values.sum(-1)
+    minimum = values.amin(-1)
+    maximum = values.amax(-1)
+    count = torch.full_like(total, float(groups.size))
+    incomplete = torch.isnan(total)
+    any_missing = bool(incomplete.any())
+    if any_missing:
+        pairs = incomplete.flatten().nonzero().flatten()
+        if 4 * pairs.numel() > incomplete.numel():  # most pairs: one masked pass beats gather + scatter
+            count, total, minimum, maximum = _masked_reductions(values)
+        else:
+            parts = _masked_reductions(values.reshape(-1, groups.size)[pairs])
+            for whole, part in zip((count, total, minimum, maximum), parts):
+                whole.view(-1)[pairs] = part
+    # constant groups (incl. a single value) take their exact value as the mean; no values -> 0
+    mean = torch.where(minimum == maximum, minimum, total / count.clamp(min=1.0))
+    stats = GroupStats(groups=groups, values=values, count=count, total=total, mean=mean, minimum=minimum,
+                       maximum=maximum, sq_dev=torch.empty_like(total), any_missing=any_missing)
+    scratch = torch.empty(values.shape[1:], dtype=f64)
+    for k in range(values.shape[0]):
+        torch.linalg.vector_norm(stats.centered_column(k, scratch), dim=-1, out=stats.sq_dev[k])
+    stats.sq_dev.square_()
+    return stats
+
+
+def _masked_reductions(table: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """count, sum, min, max over the last dimension, leaving NaN out (float64).
+
+    One scratch tensor serves both extremes (NaN replaced by +inf, then by -inf; real
+    infinities are kept so that the caller can reject them)."""
+    inf = float("inf")
+    count = (table == table).sum(-1, dtype=torch.float64)
+    filled = torch.nan_to_num(table, nan=inf, posinf=inf, neginf=-inf)
+    minimum = filled.amin(-1)
+    maximum = torch.nan_to_num(table, nan=-inf, posinf=inf, neginf=-inf, out=filled).amax(-1)
+    return count, table.nansum(-1), minimum, maximum
+
+
+def _masked_stats(values: Tensor, groups: GroupIndex) -> GroupStats:
+    """`column_stats` of unequal groups: NaN-aware reductions over padded blocks."""
+    valid = values == values
+    count = groups.reduce(valid, "sum")
+    total = groups.reduce(torch.where(valid, values, 0.0), "sum")
+    minimum = groups.reduce(torch.where(valid, values, float("inf")), "amin")
+    maximum = groups.reduce(torch.where(valid, values, float("-inf")), "amax")
+    mean = torch.where(minimum == maximum, minimum, total / count.clamp(min=1.0))
+    centered = torch.where(valid, values - groups.per_row(mean), 0.0)
+    sq_dev = groups.reduce(centered * centered, "sum")
+    return GroupStats(groups=groups, values=values, count=count, total=total, mean=mean, minimum=minimum,
+                      maximum=maximum, sq_dev=sq_dev, any_missing=not bool(valid.all()))
+
+
+def leave_one_out_centered(stats: GroupStats) -> Tensor:
+    """x_i minus the mean of the other valid values of its group: n/(n-1) * (x_i - mean).
+
+    0 where the row is missing or has no valid peer. Rows-shaped, like `stats.centered`.
+    """
+    n = stats.groups.per_row(stats.count)
     scale = n / (n - 1.0).clamp(min=1.0)
     return torch.where(n >= 2, stats.centered * scale, torch.zeros_like(stats.centered))
 
 
-def leave_one_out_std(stats: ColumnStats, groups: GroupIndex) -> Tensor:
-    """[N, K] unbiased std of the OTHER valid values of each row's group (denominator n - 2).
+def leave_one_out_std(stats: GroupStats) -> Tensor:
+    """Unbiased std of the OTHER valid values of each row's group (denominator n - 2).
 
     With centered values d (sum D, squares Q), the n-1 others of row i have mean offset
     e = (D - d_i)/(n-1) and squared deviation Q - d_i^2 - (n-1) e^2. Exactly 0 where the
     others are all equal (constant group, or row i is the only value differing from the
     rest), undefined (fewer than 2 others) or the row is missing.
     """
-    inv = groups.inverse
-    n = stats.count[inv]
+    per_row = stats.groups.per_row
+    n = per_row(stats.count)
     d = stats.centered
     others = n - 1.0
-    e = (stats.dev_sum[inv] - d) / others.clamp(min=1.0)
-    sq = stats.sq_dev[inv] - d * d - others * e * e
+    e = (per_row(stats.dev_sum) - d) / others.clamp(min=1.0)
+    sq = per_row(stats.sq_dev) - d * d - others * e * e
     std = (sq.clamp(min=0.0) / (n - 2.0).clamp(min=1.0)).sqrt()
-    lone_min = stats.is_min & (stats.count_min[inv] == 1) & (stats.count_max[inv] == others)
-    lone_max = stats.is_max & (stats.count_max[inv] == 1) & (stats.count_min[inv] == others)
-    others_constant = stats.constant[inv] | lone_min | lone_max
+    count_min, count_max = per_row(stats.count_min), per_row(stats.count_max)
+    lone_min = stats.is_min & (count_min == 1) & (count_max == others)
+    lone_max = stats.is_max & (count_max == 1) & (count_min == others)
+    others_constant = per_row(stats.constant) | lone_min | lone_max
     defined = stats.valid & (n >= 3) & ~others_constant
     return torch.where(defined, std, torch.zeros_like(std))

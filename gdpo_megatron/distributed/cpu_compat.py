@@ -52,21 +52,32 @@ def _is_cuda_device(device: Any) -> bool:
     return False
 
 
+_CPU = torch.device("cpu")
+_SPECIAL_METHODS = frozenset({torch.Tensor.cuda, torch.Tensor.to, torch.Tensor.type})
+
+
 class _CudaToCpuMode(TorchFunctionMode):
-    """Rewrites requests for CUDA tensors into CPU tensors (see module docstring)."""
+    """Rewrites requests for CUDA tensors into CPU tensors (see module docstring).
+
+    It sees every torch call of the process, so the common case (no device argument,
+    not one of the three rewritten methods) does no more than two cheap checks: no
+    copy of the keyword arguments, no scan of the positional ones.
+    """
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = dict(kwargs or {})
-        if _is_cuda_device(kwargs.get("device")):
-            kwargs["device"] = torch.device("cpu")
-        if func is torch.Tensor.cuda:
-            return args[0]
-        if func is torch.Tensor.to:
-            args = tuple(torch.device("cpu") if _is_cuda_device(a) else a for a in args)
-        if func is torch.Tensor.type and len(args) == 1 and not kwargs:
-            tensor = args[0]
-            if tensor.device.type == "cpu" and tensor.dtype in _CUDA_TYPE_NAMES:
-                return _CUDA_TYPE_NAMES[tensor.dtype]
+        if not kwargs:
+            kwargs = {}
+        elif "device" in kwargs and _is_cuda_device(kwargs["device"]):
+            kwargs = {**kwargs, "device": _CPU}
+        if func in _SPECIAL_METHODS:
+            if func is torch.Tensor.cuda:
+                return args[0]
+            if func is torch.Tensor.to:
+                args = tuple(_CPU if _is_cuda_device(a) else a for a in args)
+            elif len(args) == 1 and not kwargs:  # argument-less Tensor.type()
+                tensor = args[0]
+                if tensor.device.type == "cpu" and tensor.dtype in _CUDA_TYPE_NAMES:
+                    return _CUDA_TYPE_NAMES[tensor.dtype]
         return func(*args, **kwargs)
 
 

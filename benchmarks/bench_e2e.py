@@ -1,0 +1,239 @@
+"""One RL step end to end: `gdpo train` against TRL's GRPOTrainer on the same CPU, same run.
+
+    python benchmarks/bench_e2e.py [--steps 12] [--skip-from 2] [--threads 2] [--trl-version 1.16.0]
+                                   [--only gdpo|trl]
+
+The configuration (both sides): a randomly initialized Llama with hidden 256, 4 layers,
+4 heads of 64 (ffn 688, about 3.2M parameters), the synthetic task's character-level
+tokenizer, 8 prompts x 8 rollouts per step, at most 16 new tokens, temperature 1, the
+synthetic task's three rewards (correct, format, length), GDPO's per-reward
+normalization (TRL: `multi_objective_aggregation="normalize_then_sum"`), one optimizer
+update per step, fp32, 2 threads.
+
+* gdpo: `gdpo train recipes/tiny/synthetic-gdpo-1n2c.yaml` with the overrides below (real
+  Ray, vLLM CPU engine, megatron-core on gloo; the model is built from scratch by a
+  one-step warm start, i.e. it is still random). Per-phase seconds come from the run's
+  metrics.jsonl (`time/*`).
+* TRL: this file re-run with `--trl-worker` inside a separate virtual environment that
+  the benchmark creates itself (benchmarks/.envs/trl-<version>: pinned TRL, the CPU torch
+  wheel of requirements/constraints-cpu.txt, never a CUDA build); HF `generate`, s/step
+  from a trainer callback.
+
+Steps before `--skip-from` (start-up, first compilation, allocator warm-up) are reported
+separately; the table shows the median of the remaining steps and the ratio. Wrap it in
+the machine's slot lock where one exists (it starts Ray, vLLM and training).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CONSTRAINTS = REPO / "requirements" / "constraints-cpu.txt"
+ENVS = REPO / "benchmarks" / ".envs"
+
+MODEL = dict(hidden_size=256, num_layers=4, num_attention_heads=4, num_query_groups=4, ffn_hidden_size=688,
+             max_position_embeddings=256)
+PROMPTS, ROLLOUTS, NEW_TOKENS, LR, SEED = 8, 8, 16, 1e-4, 1234
+WEIGHTS = (1.0, 1.0, 1.0)
+
+GDPO_OVERRIDES = [
+    # the recipe builds its model from scratch through the warm start: one step keeps it random
+    "warmstart.enabled=true", "warmstart.steps=1", "warmstart.batch_size=8", "warmstart.num_examples=64",
+    *(f"policy.model.{key}={value}" for key, value in MODEL.items()),
+    f"policy.optimizer.lr={LR}",
+    f"policy.micro_batch_size={PROMPTS * ROLLOUTS}",
+    f"trainer.prompts_per_step={PROMPTS}",
+    f"trainer.rollouts_per_prompt={ROLLOUTS}",
+    f"generation.sampling.max_new_tokens={NEW_TOKENS}",
+    "trainer.validation.every_steps=0",
+    "trainer.checkpoint.every_steps=0",
+]
+PHASES = ("generation", "rewards", "advantage", "logprobs", "policy_update", "refit")
+
+
+def median_after(values: list[float], skip: int) -> float:
+    kept = values[skip:] or values
+    return statistics.median(kept)
+
+
+# ----------------------------------------------------------------------------- gdpo side
+
+def run_gdpo(steps: int, threads: int, workdir: Path) -> dict:
+    run_dir = workdir / "gdpo-run"
+    gdpo = Path(sys.executable).with_name("gdpo")
+    command = [str(gdpo) if gdpo.exists() else sys.executable, *([] if gdpo.exists() else ["-m", "gdpo_megatron.cli"]),
+               "train", str(REPO / "recipes/tiny/synthetic-gdpo-1n2c.yaml"), *GDPO_OVERRIDES,
+               f"trainer.max_steps={steps}", f"trainer.run_dir={run_dir}", "trainer.resume=false"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    start = time.perf_counter()
+    done = subprocess.run(command, env=env, cwd=workdir, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
+        raise SystemExit(f"gdpo train failed with exit code {done.returncode}")
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = [r for r in records if "time/step" in r]
+    return {"wall_s": wall, "steps": [{key: value for key, value in r.items() if key.startswith("time/")} for r in records]}
+
+
+# ----------------------------------------------------------------------------- TRL side
+
+def ensure_trl_env(version: str) -> Path:
+    """benchmarks/.envs/trl-<version> with TRL pinned and the CPU torch wheel (created once)."""
+    env = ENVS / f"trl-{version}"
+    python = env / "bin" / "python"
+    stamp = env / ".bench-ready"
+    if not stamp.exists():
+        print(f"[bench_e2e] creating {env} (TRL {version}, CPU torch) ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(env)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "-c", str(CONSTRAINTS),
+                        f"trl=={version}", "torch"], check=True)
+        probe = ("import importlib.util, torch, trl; "
+                 "assert '+cpu' in torch.__version__, torch.__version__; "
+                 "assert importlib.util.find_spec('torchvision') is None, 'torchvision was pulled in'; "
+                 "print(trl.__version__, torch.__version__)")
+        subprocess.run([str(python), "-c", probe], check=True)
+        stamp.write_text(version)
+    return python
+
+
+def run_trl(version: str, steps: int, threads: int, workdir: Path) -> dict:
+    python = ensure_trl_env(version)
+    out = workdir / "trl.json"
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO),
+           "CUDA_VISIBLE_DEVICES": "", "TOKENIZERS_PARALLELISM": "false"}
+    start = time.perf_counter()
+    done = subprocess.run([str(python), __file__, "--trl-worker", str(out), "--steps", str(steps),
+                           "--threads", str(threads)], env=env, cwd=workdir, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
+        raise SystemExit(f"the TRL run failed with exit code {done.returncode}")
+    result = json.loads(out.read_text())
+    result["wall_s"] = wall
+    return result
+
+
+def trl_worker(out: Path, steps: int, threads: int, workdir: Path) -> None:
+    """Runs inside the TRL environment: GRPOTrainer on the configuration above."""
+    import torch
+    from datasets import Dataset
+    from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from gdpo_megatron.data.synthetic import build_tokenizer, generate_problems
+    from gdpo_megatron.rewards.synthetic import synthetic_correct, synthetic_format, synthetic_length
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(SEED)
+    tokenizer = build_tokenizer()
+    tokenizer.padding_side = "left"
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=MODEL["hidden_size"],
+                         intermediate_size=MODEL["ffn_hidden_size"], num_hidden_layers=MODEL["num_layers"],
+                         num_attention_heads=MODEL["num_attention_heads"],
+                         num_key_value_heads=MODEL["num_query_groups"],
+                         max_position_embeddings=MODEL["max_position_embeddings"], tie_word_embeddings=False,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    model = LlamaForCausalLM(config)
+    records = generate_problems("train", SEED)
+    dataset = Dataset.from_list([{"prompt": r["messages"], "record": json.dumps(r)} for r in records])
+
+    def reward(fn):
+        def score(prompts, completions, record, completion_ids=None, **_):
+            texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
+            lengths = [len(ids) for ids in completion_ids] if completion_ids is not None else [len(t) for t in texts]
+            return [fn(json.loads(r), text, n) for r, text, n in zip(record, texts, lengths)]
+        score.__name__ = fn.__name__
+        return score
+
+    times: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            times.append(time.perf_counter() - self.start)
+
+    args = GRPOConfig(output_dir=str(workdir / "trl-run"), max_steps=steps, learning_rate=LR,
+                      per_device_train_batch_size=PROMPTS * ROLLOUTS, num_generations=ROLLOUTS,
+                      max_completion_length=NEW_TOKENS, temperature=1.0, use_cpu=True, bf16=False,
+                      multi_objective_aggregation="normalize_then_sum", reward_weights=list(WEIGHTS),
+                      logging_steps=1, report_to="none", save_strategy="no", seed=SEED,
+                      dataloader_num_workers=0)
+    trainer = GRPOTrainer(model=model, args=args, processing_class=tokenizer, train_dataset=dataset,
+                          reward_funcs=[reward(synthetic_correct), reward(synthetic_format), reward(synthetic_length)],
+                          callbacks=[StepTimer()])
+    trainer.train()
+    import trl
+
+    out.write_text(json.dumps({"steps": [{"time/step": t} for t in times], "trl": trl.__version__,
+                               "torch": torch.__version__,
+                               "parameters": sum(p.numel() for p in model.parameters())}))
+
+
+# ----------------------------------------------------------------------------- report
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--skip-from", type=int, default=2, help="steps 1..N-1 are warm-up, reported apart")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--trl-version", default="1.16.0")
+    parser.add_argument("--only", choices=("gdpo", "trl"))
+    parser.add_argument("--trl-worker", type=Path, help=argparse.SUPPRESS)
+    args, _ = parser.parse_known_args()  # run_all.py passes its extra arguments to every benchmark
+    if args.trl_worker is not None:
+        trl_worker(args.trl_worker, args.steps, args.threads, Path.cwd())
+        return 0
+    skip = args.skip_from - 1
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
+        for name in ("gdpo", "trl"):
+            if args.only in (None, name):
+                print(f"[bench_e2e] running {name} for {args.steps} steps ...", flush=True)
+                runner = run_gdpo if name == "gdpo" else (lambda s, t, w: run_trl(args.trl_version, s, t, w))
+                try:
+                    results[name] = runner(args.steps, args.threads, Path(tmp))
+                except SystemExit as failure:  # report it, still measure the other side
+                    print(f"[bench_e2e] {name}: {failure}", file=sys.stderr, flush=True)
+    if not results:
+        return 1
+    print(f"\none RL step, {PROMPTS} prompts x {ROLLOUTS} rollouts, <= {NEW_TOKENS} new tokens, random "
+          f"Llama h{MODEL['hidden_size']} x{MODEL['num_layers']} layers, {args.threads} threads; "
+          f"median of steps {args.skip_from}..{args.steps}")
+    print(f"{'phase':>16} {'gdpo_s':>9} {'trl_s':>9}")
+    rows = [f"time/{p}" for p in PHASES] + ["time/step"]
+    for key in rows:
+        cells = []
+        for name in ("gdpo", "trl"):
+            values = [s[key] for s in results.get(name, {}).get("steps", []) if key in s]
+            cells.append(f"{median_after(values, skip):>9.3f}" if values else f"{'-':>9}")
+        print(f"{key:>16} {cells[0]} {cells[1]}")
+    for name, result in results.items():
+        steps = [s["time/step"] for s in result["steps"]]
+        print(f"{name}: first step {steps[0]:.2f} s, steps before {args.skip_from}: {sum(steps[:skip]):.2f} s, "
+              f"start-up and shutdown outside steps {result['wall_s'] - sum(steps):.1f} s, process wall {result['wall_s']:.1f} s"
+              + (f"; TRL {result['trl']}, torch {result['torch']}, {result['parameters'] / 1e6:.2f}M parameters"
+                 if name == "trl" else ""))
+    if len(results) == 2:
+        gdpo_step = median_after([s["time/step"] for s in results["gdpo"]["steps"]], skip)
+        trl_step = median_after([s["time/step"] for s in results["trl"]["steps"]], skip)
+        rollouts = PROMPTS * ROLLOUTS
+        print(f"rollouts/s: gdpo {rollouts / gdpo_step:.1f}, TRL {rollouts / trl_step:.1f}; "
+              f"TRL s/step / gdpo s/step = {trl_step / gdpo_step:.2f}x (above 1: gdpo is faster)")
+    return 0 if len(results) == (1 if args.only else 2) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
