@@ -274,15 +274,14 @@ class Trainer:
         return mean_over_ranks(list(get_all(calls, self.step).values()))
 
     def _refit(self) -> dict[str, float]:
-        import ray
+        from gdpo_megatron.orchestration.refit import create_refitter
 
         start = time.perf_counter()
-        bucket_bytes = int(self.recipe.generation.refit.bucket_mb * 2**20)
-        exported = ray.get([w.export_weights.remote(bucket_bytes) for w in self.workers])
-        refs = [ref for per_rank in exported for ref in per_rank]
-        stats = ray.get(self.engine.update_weights.remote(refs))
-        return {"refit/bytes": float(stats["bytes"]), "refit/buckets": float(stats["buckets"]),
-                "time/refit": time.perf_counter() - start}
+        if getattr(self, "_refitter", None) is None:  # the first refit (at start-up) sets the transport up
+            self._refitter = create_refitter(self.recipe, self.workers, getattr(self, "engines", [self.engine]))
+        metrics = self._refitter.refit()
+        metrics["time/refit"] = time.perf_counter() - start
+        return metrics
 
     # ---------------------------------------------------------------- checkpoints
     def _save(self, step: int) -> None:
