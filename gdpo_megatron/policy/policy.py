@@ -28,6 +28,7 @@ from .batch import PolicyBatch
 from .checkpoint import load_model_weights, load_policy_checkpoint, save_model_weights, save_policy_checkpoint
 from .model import build_model, vocab_info
 from .optimizer import build_optimizer, build_scheduler, wrap_ddp
+from .padding import sequence_multiple
 from .train_step import StepSettings, compute_logprobs, train_batch
 
 
@@ -47,6 +48,7 @@ class MegatronPolicy:
             vocab_size=vocab_info(policy).vocab_size,
             norm_length=float(loss.norm_length or recipe.generation.sampling.max_new_tokens),
             temperature=recipe.generation.sampling.temperature or 1.0,
+            sequence_multiple=sequence_multiple(policy),
         )
         self.model = wrap_ddp(build_model(policy), policy.optimizer.distributed)
         if policy.model.hf_path:
