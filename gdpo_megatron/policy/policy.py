@@ -52,9 +52,11 @@ class MegatronPolicy:
         )
         self.model = wrap_ddp(build_model(policy), policy.optimizer.distributed)
         if policy.model.hf_path:
+            # Before the optimizer: it copies the parameters into its master weights when built.
             self._load_hf(self.model)
         bf16 = policy.precision.dtype == "bf16"
-        self.optimizer = build_optimizer(self.model, policy.optimizer, bf16=bf16)
+        fp8_recipe = policy.precision.fp8_recipe if policy.precision.fp8_params else None
+        self.optimizer = build_optimizer(self.model, policy.optimizer, bf16=bf16, fp8_recipe=fp8_recipe)
         self.scheduler = build_scheduler(self.optimizer, policy.optimizer, _total_updates(recipe))
         self.updates = 0
         self.reference: Optional[list[torch.nn.Module]] = None
