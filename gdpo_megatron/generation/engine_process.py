@@ -8,7 +8,8 @@ Refit protocol: ("refit",) then ("bucket", packed)* then ("end",). The child fee
 buckets to one `reload_weights` call as they arrive and answers only after the prefix
 cache is reset; the parent waits for every child before the next generate, so no request
 ever runs on partly updated weights. The collective refit is ("call", "join_refit_group", args)
-once, then ("call", "receive_broadcast", ()) per refit: the child receives from the refit
+once, then ("call", "receive_broadcast", ()) per refit (CUDA IPC: "join_ipc_channel" /
+"receive_ipc" alike): the child receives from the refit
 group itself while the parent waits.
 """
 
@@ -27,7 +28,7 @@ from .vllm_engine import EngineOptions, VllmEngine
 
 
 # Engine methods a parent may run in the child by name (refit receivers).
-_CALLABLE = ("join_refit_group", "receive_broadcast")
+_CALLABLE = ("join_refit_group", "receive_broadcast", "join_ipc_channel", "receive_ipc")
 
 
 def _serve(conn: Any, options: EngineOptions, threads: int) -> None:
