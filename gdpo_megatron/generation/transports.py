@@ -113,10 +113,15 @@ for _spec in (
 
 
 def resolve_transport(generation_config, on_gpu: bool) -> str:
-    """The transport `generation.refit.transport` selects on this host (`auto` resolved), or a ConfigError."""
+    """The transport `generation.refit.transport` selects on this host (`auto` resolved), or a ConfigError.
+
+    `auto`: cuda_ipc for colocated GPU engines, collective for separate ones, object_store on CPU
+    hosts (where it costs about what a gloo broadcast does, see benchmarks/bench_refit.py, and
+    needs no extra ports) and for the megatron backend.
+    """
     name = generation_config.refit.transport
     if name == "auto":
-        if not on_gpu:
+        if not on_gpu or generation_config.backend != "vllm":
             return "object_store"
         return "cuda_ipc" if generation_config.colocated else "collective"
     spec = TRANSPORTS.get(name)

@@ -20,6 +20,7 @@ def test_auto_resolves_by_host_and_placement():
     assert resolve_transport(generation(colocated=True), on_gpu=True) == "cuda_ipc"
     assert resolve_transport(generation(colocated=False), on_gpu=True) == "collective"
     assert resolve_transport(generation(colocated=False), on_gpu=False) == "object_store"
+    assert resolve_transport(generation(colocated=True, backend="megatron"), on_gpu=True) == "object_store"
 
 
 def test_explicit_transports_and_every_name_has_a_driver():
