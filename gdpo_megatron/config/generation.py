@@ -37,8 +37,8 @@ class RefitConfig(Section):
 
     bucket_mb: float = option(256.0, gt=0, doc="size bound of one transfer bucket in MiB (peak extra memory per engine)")
     transport: Literal["auto", "collective", "cuda_ipc", "object_store"] = option(
-        "auto", doc="auto: cuda_ipc when colocated on GPUs, collective when separate on GPUs, object_store on CPU "
-                    "hosts; collective: broadcast over a gloo (CPU) / NCCL (GPU) group of the exporting rank and "
+        "auto", doc="auto: cuda_ipc when colocated on GPUs, collective when separate (CPU hosts too), "
+                    "object_store for the megatron backend; collective: broadcast over a gloo (CPU) / NCCL (GPU) group of the exporting rank and "
                     "every engine worker; cuda_ipc: GPU buffers shared with the colocated engine; object_store: "
                     "buckets through Ray's object store")
 

@@ -4,9 +4,10 @@ Every transport moves a bucket as ONE packed byte buffer plus a small list of
 (name, dtype, shape, offset) records: one shared-memory segment, IPC handle or broadcast
 per bucket instead of one per tensor. The transports (`generation.refit.transport`):
 
-- `object_store`: CPU buckets through Ray's object store (any host; the CPU default).
+- `object_store`: CPU buckets through Ray's object store (any host; the fallback, and the
+  megatron backend's transport).
 - `collective`: a broadcast group of the exporting policy rank and every engine worker,
-  gloo on CPU and NCCL on GPU (`collective.py`); the default for separate GPU engines.
+  gloo on CPU and NCCL on GPU (`collective.py`); the default for separate engines.
 - `cuda_ipc`: colocated GPU engines open CUDA IPC handles of buckets packed on the GPU they
   share with a policy rank, no copy through host memory (`cuda_ipc.py`); GPU only.
 Inside one host, engines in child processes of one actor receive buckets through shared memory
@@ -115,15 +116,15 @@ for _spec in (
 def resolve_transport(generation_config, on_gpu: bool) -> str:
     """The transport `generation.refit.transport` selects on this host (`auto` resolved), or a ConfigError.
 
-    `auto`: cuda_ipc for colocated GPU engines, collective for separate ones, object_store on CPU
-    hosts (where it costs about what a gloo broadcast does, see benchmarks/bench_refit.py, and
-    needs no extra ports) and for the megatron backend.
+    `auto`: cuda_ipc for colocated GPU engines, collective for separate ones (on CPU hosts too:
+    engines there are always separate, and a gloo broadcast refits 1.7-2.4x faster than the
+    object store, benchmarks/bench_refit.py); object_store for the megatron backend.
     """
     name = generation_config.refit.transport
     if name == "auto":
-        if not on_gpu or generation_config.backend != "vllm":
+        if generation_config.backend != "vllm":
             return "object_store"
-        return "cuda_ipc" if generation_config.colocated else "collective"
+        return "cuda_ipc" if generation_config.colocated and on_gpu else "collective"
     spec = TRANSPORTS.get(name)
     if spec.gpu_only and not on_gpu:
         raise ConfigError(f"generation.refit.transport: {name} needs GPUs and this host has none; "

@@ -105,10 +105,10 @@ def test_dp1_trains_and_refits(repo_root, tmp_path, initial_model):
 
 def test_dp2_two_policy_workers(repo_root, tmp_path, initial_model):
     run_dir = tmp_path / "dp2"
-    # The collective refit transport: policy rank 0 broadcasts over a gloo group to the engine actor
-    # (rank 1 only takes part in the export's gathers); check_run's mismatch bound proves it landed.
+    # The object-store refit transport (the DP1 run takes `auto`: the collective gloo broadcast);
+    # check_run's mismatch bound proves the refit landed.
     proc = run_train(repo_root, run_dir, initial_model, "trainer.max_steps=2", "cluster.cpu_workers=2",
-                     "trainer.dynamic_sampling.enabled=true", "generation.refit.transport=collective")
+                     "trainer.dynamic_sampling.enabled=true", "generation.refit.transport=object_store")
     assert proc.returncode == 0, proc.stderr[-4000:]
     records = check_run(run_dir, 2)
     for r in records:

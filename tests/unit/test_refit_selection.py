@@ -19,7 +19,7 @@ def generation(**refit_and_placement):
 def test_auto_resolves_by_host_and_placement():
     assert resolve_transport(generation(colocated=True), on_gpu=True) == "cuda_ipc"
     assert resolve_transport(generation(colocated=False), on_gpu=True) == "collective"
-    assert resolve_transport(generation(colocated=False), on_gpu=False) == "object_store"
+    assert resolve_transport(generation(colocated=False), on_gpu=False) == "collective"
     assert resolve_transport(generation(colocated=True, backend="megatron"), on_gpu=True) == "object_store"
 
 
