@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import gpu_recipe, odd_length_batch
+from gpu_helpers import gpu_recipe, odd_length_batch
 
 
 def hf_logprobs(hf_path, batch) -> torch.Tensor:
@@ -117,10 +117,23 @@ def test_fp8_step_with_padding(gpu_world, tiny_hf, record_property):
     exact = {n: p.detach().float().reshape(-1) for c in fp32.model for n, p in unwrap(c).named_parameters()}
     policy = MegatronPolicy(gpu_recipe(tiny_hf, precision={"dtype": "bf16", "fp8": "e4m3", "fp8_params": True}))
     assert policy.settings.sequence_multiple == 16
-    names = {id(p): n for c in policy.model for n, p in unwrap(c).named_parameters()}
+    from megatron.core.fp8_utils import is_float8tensor
+
+    params = {n: p for c in policy.model for n, p in unwrap(c).named_parameters()}
+    names = {id(p): n for n, p in params.items()}
     masters = {names[id(p)]: m for p, m in master_copies(policy.optimizer)}
-    stale = [n for n, m in masters.items() if not torch.equal(m.float(), exact[n][: m.numel()])]
-    assert not stale, f"FP8 master weights are not the loaded HF values: {stale[:4]}"
+    fp8 = {n for n, p in params.items() if is_float8tensor(p)}
+    assert fp8, "no parameter is FP8 (policy.precision.fp8_params had no effect)"
+    stale = []
+    for name, master in masters.items():
+        # FP8 parameters: the loaded fp32 values themselves; bf16 ones: the bf16 parameter widened.
+        want = exact[name][: master.numel()]
+        if name not in fp8:
+            want = want.to(torch.bfloat16).float()
+        if not torch.equal(master.float(), want):
+            stale.append(name)
+    assert not stale, f"master weights are not the loaded HF values: {stale[:4]}"
+    record_property("fp8_params", len(fp8))
     batch = odd_length_batch()  # lengths 9..30: every micro-batch is padded to a multiple of 16
     before = policy.compute_logprobs(batch)
     metrics = policy.train(batch)

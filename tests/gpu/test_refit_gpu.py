@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 
-from conftest import gpu_recipe
+from gpu_helpers import gpu_recipe
 
 BUCKET_BYTES = 2**20
 
