@@ -49,6 +49,7 @@ def engine_options(recipe, model_path: str) -> EngineOptions:
 
 def check_placement(recipe, on_gpu: bool) -> None:
     gen = recipe.generation
+    resolve_transport(gen, on_gpu)  # first: a GPU-only transport on a CPU host names its own key
     if not on_gpu and gen.colocated:
         raise ConfigError(
             "generation.colocated: true means engines sleep to free GPU memory while the policy trains; "
@@ -56,7 +57,6 @@ def check_placement(recipe, on_gpu: bool) -> None:
             "in its own process or in this one)")
     if not on_gpu and gen.tensor_parallel != 1:
         raise ConfigError("generation.tensor_parallel: a CPU vLLM engine runs in one process; set it to 1")
-    resolve_transport(gen, on_gpu)
 
 
 class VllmBackend:

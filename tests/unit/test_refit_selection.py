@@ -45,7 +45,7 @@ def test_cpu_vllm_backend_refuses_cuda_ipc_before_starting_an_engine():
     from gdpo_megatron.generation.vllm_backend import check_placement
 
     recipe = build(RecipeConfig, {"generation": {"colocated": True, "refit": {"transport": "cuda_ipc"}}})
-    with pytest.raises(ConfigError, match="generation"):
+    with pytest.raises(ConfigError, match=r"generation\.refit\.transport: cuda_ipc needs GPUs"):
         check_placement(recipe, on_gpu=False)
 
 
