@@ -35,6 +35,7 @@ from gdpo_megatron.policy.checkpoint import (load_model_weights, load_policy_che
 from gdpo_megatron.policy.model import build_model, unwrap, vocab_info
 from gdpo_megatron.policy.optimizer import build_optimizer, build_scheduler, wrap_ddp
 from gdpo_megatron.policy.train_step import StepSettings, compute_logprobs, train_batch
+from gdpo_megatron.policy.padding import sequence_multiple
 
 
 def _total_updates(recipe: RecipeConfig) -> int:
@@ -53,12 +54,15 @@ class MegatronPolicy:
             vocab_size=vocab_info(policy).vocab_size,
             norm_length=float(loss.norm_length or recipe.generation.sampling.max_new_tokens),
             temperature=recipe.generation.sampling.temperature or 1.0,
+            sequence_multiple=sequence_multiple(policy),
         )
         self.model = wrap_ddp(build_model(policy), policy.optimizer.distributed)
         if policy.model.hf_path:
+            # Before the optimizer: it copies the parameters into its master weights when built.
             self._load_hf(self.model)
         bf16 = policy.precision.dtype == "bf16"
-        self.optimizer = build_optimizer(self.model, policy.optimizer, bf16=bf16)
+        fp8_recipe = policy.precision.fp8_recipe if policy.precision.fp8_params else None
+        self.optimizer = build_optimizer(self.model, policy.optimizer, bf16=bf16, fp8_recipe=fp8_recipe)
         self.scheduler = build_scheduler(self.optimizer, policy.optimizer, _total_updates(recipe))
         self.updates = 0
         self.reference: Optional[list[torch.nn.Module]] = None

@@ -20,7 +20,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
 
 import numpy as np
 import torch
@@ -354,16 +354,14 @@ class Trainer:
         return metrics
 
     def _refit(self) -> dict[str, float]:
-        import ray
+        from gdpo_megatron.orchestration.refit import create_refitter
 
         start = time.perf_counter()
-        bucket_bytes = int(self.recipe.generation.refit.bucket_mb * 2**20)
-        exported = ray.get([w.export_weights.remote(bucket_bytes) for w in self.workers])
-        refs = [ref for per_rank in exported for ref in per_rank]
-        # Every engine loads the same buckets from the object store (each node fetches them once).
-        stats = self._engine_calls("update_weights", refs)[0]
-        return {"refit/bytes": float(stats["bytes"]), "refit/buckets": float(stats["buckets"]),
-                "time/refit": time.perf_counter() - start}
+        if getattr(self, "_refitter", None) is None:  # the first refit (at start-up) sets the transport up
+            self._refitter = create_refitter(self.recipe, self.workers, self.engines)
+        metrics = self._refitter.refit()
+        metrics["time/refit"] = time.perf_counter() - start
+        return metrics
 
     def _refit_engines(self) -> dict[str, float]:
         """Refit every engine; colocated engines wake their weights first and their KV cache after."""

@@ -34,8 +34,11 @@ class RefitConfig(Section):
     """How updated policy weights reach the engines after each optimizer step."""
 
     bucket_mb: float = option(256.0, gt=0, doc="size bound of one transfer bucket in MiB (peak extra memory per engine)")
-    transport: Literal["auto", "inprocess", "shared_memory", "cuda_ipc", "nccl"] = option(
-        "auto", doc="auto: in-process/shared memory on CPU, CUDA IPC when colocated, NCCL broadcast when separate")
+    transport: Literal["auto", "collective", "cuda_ipc", "object_store"] = option(
+        "auto", doc="auto: cuda_ipc when colocated on GPUs, collective when separate (CPU hosts too), "
+                    "object_store for the megatron backend; collective: broadcast over a gloo (CPU) / NCCL (GPU) group of the exporting rank and "
+                    "every engine worker; cuda_ipc: GPU buffers shared with the colocated engine; object_store: "
+                    "buckets through Ray's object store")
 
 
 @dataclass
@@ -74,6 +77,7 @@ class GenerationConfig(Section):
         if self.backend == "megatron" and self.num_engines != 1:
             raise ConfigError("num_engines: the megatron backend runs inside the policy workers; leave it at 1")
         if self.refit.transport == "cuda_ipc" and not self.colocated:
-            raise ConfigError("refit.transport: cuda_ipc needs colocated engines (same GPUs); use nccl or auto")
-        if self.refit.transport == "nccl" and self.colocated:
-            raise ConfigError("refit.transport: nccl broadcast is for separate engines; use cuda_ipc or auto")
+            raise ConfigError("refit.transport: cuda_ipc needs colocated engines (same GPUs); use collective or auto")
+        if self.refit.transport in ("collective", "cuda_ipc") and self.backend != "vllm":
+            raise ConfigError(f"refit.transport: {self.refit.transport} feeds vLLM engines; the {self.backend} "
+                              "backend refits through object_store (or auto)")

@@ -82,3 +82,6 @@ class PolicyConfig(Section):
     optimizer: OptimizerConfig = option(default_factory=OptimizerConfig, doc="optimizer and LR schedule")
     micro_batch_size: int = option(1, ge=1, doc="sequences per micro-batch in the forward-backward schedule")
     recompute_activations: bool = option(False, doc="full activation recomputation")
+    pad_sequence_to: int = option(1, ge=1, doc="pad every micro-batch's length to a multiple of this (masked "
+                                  "positions; combined with what sequence parallelism and FP8 require, see "
+                                  "docs/policy-training.md)")

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from gdpo_megatron.config.policy import PolicyConfig
+from gdpo_megatron.policy.master_weights import keep_loaded_value
 from gdpo_megatron.policy.model import resolve_model_config, unwrap, vocab_info
 
 from . import tensor_layout as tl
@@ -57,3 +58,4 @@ def load_hf_weights(model_chunks: list[torch.nn.Module], hf_dir: str | Path, pol
                     raise ValueError(f"{hf_dir}: {', '.join(entry.hf_names)} gives shape {tuple(piece.shape)} for "
                                      f"Megatron {entry.key} of shape {tuple(entry.param.shape)} on TP rank {tp_rank}")
                 entry.param.copy_(piece.to(entry.param.dtype))
+                keep_loaded_value(entry.param, piece)  # FP8 parameters: master weights = these values

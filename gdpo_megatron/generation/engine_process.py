@@ -7,7 +7,10 @@ so only a file descriptor crosses the pipe and every engine maps the same pages.
 Refit protocol: ("refit",) then ("bucket", packed)* then ("end",). The child feeds the
 buckets to one `reload_weights` call as they arrive and answers only after the prefix
 cache is reset; the parent waits for every child before the next generate, so no request
-ever runs on partly updated weights.
+ever runs on partly updated weights. The collective refit is ("call", "join_refit_group", args)
+once, then ("call", "receive_broadcast", ()) per refit (CUDA IPC: "join_ipc_channel" /
+"receive_ipc" alike): the child receives from the refit
+group itself while the parent waits.
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ import torch.multiprocessing as tmp
 from .transports import PackedBucket, unpack_bucket
 from .types import Rollout, SamplingSettings
 from .vllm_engine import EngineOptions, VllmEngine
+
+
+# Engine methods a parent may run in the child by name (refit receivers).
+_CALLABLE = ("join_refit_group", "receive_broadcast", "join_ipc_channel", "receive_ipc")
 
 
 def _serve(conn: Any, options: EngineOptions, threads: int) -> None:
@@ -54,6 +61,8 @@ def _serve(conn: Any, options: EngineOptions, threads: int) -> None:
                         yield from unpack_bucket(item[1])
 
                 conn.send(("ok", engine.load_weights(stream())))
+            elif kind == "call" and message[1] in _CALLABLE:
+                conn.send(("ok", getattr(engine, message[1])(*message[2])))
             elif kind == "close":
                 engine.close()
                 conn.send(("ok", None))
@@ -105,6 +114,10 @@ class EngineProcess:
         result = self.wait()
         self.weight_version += 1
         return result
+
+    def start_call(self, method: str, *args: Any) -> None:
+        """Run `VllmEngine.<method>(*args)` in the child; `wait()` returns its result."""
+        self._conn.send(("call", method, args))
 
     def close(self) -> None:
         if self._process.is_alive():

@@ -1,26 +1,28 @@
-"""How a bucket of (name, tensor) pairs travels from the policy to an engine.
+"""How weight buckets travel from the policy to the engines, and which transport a run uses.
 
 Every transport moves a bucket as ONE packed byte buffer plus a small list of
-(name, dtype, shape, offset) records: one shared-memory segment, IPC handle or NCCL
-broadcast per bucket instead of one per tensor.
+(name, dtype, shape, offset) records: one shared-memory segment, IPC handle or broadcast
+per bucket instead of one per tensor. The transports (`generation.refit.transport`):
 
-- in-process (CPU, engine in the policy's process): no transport, the pairs are loaded directly.
-- shared memory (CPU, engine in another process): the buffer lives in /dev/shm; the engine maps it.
-- CUDA IPC (GPU, colocated engine on the same device): the buffer stays on the GPU; the engine
-  opens it through a CUDA IPC handle (no copy through the host).
-- NCCL broadcast (GPU, separate engines): the exporting rank and every engine rank form one NCCL
-  group; the records go over the control channel, the buffer by broadcast from rank 0.
-The GPU transports cannot run on this project's CPU CI; they are written against torch's
-public primitives (torch.multiprocessing.reductions, torch.distributed) and documented in
-docs/generation.md.
+- `object_store`: CPU buckets through Ray's object store (any host; the fallback, and the
+  megatron backend's transport).
+- `collective`: a broadcast group of the exporting policy rank and every engine worker,
+  gloo on CPU and NCCL on GPU (`collective.py`); the default for separate engines.
+- `cuda_ipc`: colocated GPU engines open CUDA IPC handles of buckets packed on the GPU they
+  share with a policy rank, no copy through host memory (`cuda_ipc.py`); GPU only.
+Inside one host, engines in child processes of one actor receive buckets through shared memory
+(`engine_process.py`), whatever the transport to that actor.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
+
+from gdpo_megatron.config.errors import ConfigError
+from gdpo_megatron.registry import Registry
 
 from .buckets import NamedTensor, tensor_bytes
 
@@ -93,24 +95,40 @@ def cuda_ipc_open(packed: PackedBucket, device_index: int | None = None) -> list
     return unpack_bucket(packed, rebuild(*args))
 
 
-# ---------------------------------------------------------------------------- NCCL broadcast (GPU, separate)
-@dataclass
-class NcclBucketSender:
-    """Exporting rank (src 0 of `group`): records go through `send_records`, bytes by broadcast."""
-
-    group: Any                               # a torch.distributed group spanning sender + engine ranks
-    send_records: Callable[[PackedBucket], None]
-
-    def send(self, bucket: list[NamedTensor]) -> int:
-        packed = pack_bucket(bucket, device=torch.device("cuda", torch.cuda.current_device()))
-        self.send_records(PackedBucket(records=packed.records, buffer=None, nbytes=packed.buffer.numel()))
-        torch.distributed.broadcast(packed.buffer, src=torch.distributed.get_global_rank(self.group, 0),
-                                    group=self.group)
-        return packed.nbytes
+# ---------------------------------------------------------------------------- which transport
+@dataclass(frozen=True)
+class TransportSpec:
+    name: str
+    gpu_only: bool
+    colocated_only: bool
+    summary: str
 
 
-def nccl_receive(packed_meta: PackedBucket, group: Any) -> list[NamedTensor]:
-    """Engine rank: allocate the buffer, receive the broadcast, return views for `load_weights`."""
-    buffer = torch.empty(packed_meta.nbytes, dtype=torch.uint8, device=torch.device("cuda", torch.cuda.current_device()))
-    torch.distributed.broadcast(buffer, src=torch.distributed.get_global_rank(group, 0), group=group)
-    return unpack_bucket(packed_meta, buffer)
+TRANSPORTS: Registry[TransportSpec] = Registry("refit transport")
+for _spec in (
+    TransportSpec("object_store", False, False, "CPU buckets through Ray's object store"),
+    TransportSpec("collective", False, False, "broadcast over a gloo (CPU) / NCCL (GPU) group of exporter and engines"),
+    TransportSpec("cuda_ipc", True, True, "CUDA IPC handles of GPU buckets shared with the colocated engine"),
+):
+    TRANSPORTS.register(_spec.name)(_spec)
+
+
+def resolve_transport(generation_config, on_gpu: bool) -> str:
+    """The transport `generation.refit.transport` selects on this host (`auto` resolved), or a ConfigError.
+
+    `auto`: cuda_ipc for colocated GPU engines, collective otherwise (on CPU hosts too, where
+    a gloo broadcast refits 1.7-2.4x faster than the object store, benchmarks/bench_refit.py);
+    object_store for the megatron backend.
+    """
+    name = generation_config.refit.transport
+    if name == "auto":
+        if generation_config.backend != "vllm":
+            return "object_store"
+        return "cuda_ipc" if generation_config.colocated and on_gpu else "collective"
+    spec = TRANSPORTS.get(name)
+    if spec.gpu_only and not on_gpu:
+        raise ConfigError(f"generation.refit.transport: {name} needs GPUs and this host has none; "
+                          "use collective, object_store or auto")
+    if spec.colocated_only and not generation_config.colocated:
+        raise ConfigError(f"generation.refit.transport: {name} needs colocated engines (generation.colocated: true)")
+    return name

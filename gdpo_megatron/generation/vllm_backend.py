@@ -21,7 +21,7 @@ from gdpo_megatron.partition import even_ranges
 from .backend import BACKENDS
 from .buckets import NamedTensor, flatten, iter_buckets
 from .engine_process import EngineProcess
-from .transports import pack_bucket
+from .transports import pack_bucket, resolve_transport
 from .types import RefitStats, Rollout, SamplingSettings, check_grouped
 from .vllm_engine import EngineOptions, VllmEngine
 
@@ -49,10 +49,9 @@ def engine_options(recipe, model_path: str) -> EngineOptions:
 
 def check_placement(recipe, on_gpu: bool) -> None:
     gen = recipe.generation
+    resolve_transport(gen, on_gpu)  # first: a GPU-only transport on a CPU host names its own key
     if not on_gpu and gen.tensor_parallel != 1:
         raise ConfigError("generation.tensor_parallel: a CPU vLLM engine runs in one process; set it to 1")
-    if not on_gpu and gen.refit.transport in ("cuda_ipc", "nccl"):
-        raise ConfigError(f"generation.refit.transport: {gen.refit.transport} needs GPUs; use auto on a CPU host")
 
 
 class VllmBackend:
@@ -73,6 +72,7 @@ class VllmBackend:
                 self.close()
                 raise
         self.num_engines = num_engines
+        self._tensor_parallel = options.tensor_parallel
         self._asleep = False
 
     @property
@@ -118,6 +118,56 @@ class VllmBackend:
             results = [engine.end_refit() for engine in self.remote]
             stats.tensors, stats.bytes = results[0]
         self.weight_version += 1
+        stats.weight_version = self.weight_version
+        stats.seconds = time.perf_counter() - started
+        return stats
+
+    # ------------------------------------------------------------------ collective / CUDA IPC refits
+    @property
+    def refit_group_size(self) -> int:
+        """Members this backend adds to a collective refit group: every worker of every engine."""
+        engines = [self.local] if self.local is not None else self.remote
+        return sum(self._tensor_parallel for _ in engines)
+
+    def join_refit_group(self, host: str, port: int, first_rank: int, world_size: int, backend: str) -> list[int]:
+        """Every engine worker joins the group (blocks until all members have); returns their ranks."""
+        if self.local is not None:
+            return list(self.local.join_refit_group(host, port, first_rank, world_size, backend))
+        for i, engine in enumerate(self.remote):
+            engine.start_call("join_refit_group", host, port, first_rank + i * self._tensor_parallel, world_size,
+                              backend)
+        return [rank for engine in self.remote for rank in engine.wait()]
+
+    def receive_broadcast(self) -> RefitStats:
+        """One collective refit: every engine receives and loads the same broadcast, then all acknowledge."""
+        started = time.perf_counter()
+        if self.local is not None:
+            results = [self.local.receive_broadcast()]
+        else:
+            for engine in self.remote:
+                engine.start_call("receive_broadcast")
+            results = [engine.wait() for engine in self.remote]
+            for engine in self.remote:
+                engine.weight_version += 1
+        return self._received(results, started)
+
+    def join_ipc_channel(self, host: str, port: int, channels: list[str]) -> list[str]:
+        if self.local is None:
+            raise RuntimeError("generation.refit.transport=cuda_ipc: a colocated engine runs in its actor's process")
+        return list(self.local.join_ipc_channel(host, port, channels))
+
+    def receive_ipc(self, refit_id: int) -> RefitStats:
+        started = time.perf_counter()
+        if self.local is None:
+            raise RuntimeError("generation.refit.transport=cuda_ipc: a colocated engine runs in its actor's process")
+        return self._received([self.local.receive_ipc(refit_id)], started)
+
+    def _received(self, results: list[tuple[int, int]], started: float) -> RefitStats:
+        if len({tuple(r) for r in results}) != 1:
+            raise RuntimeError(f"engines loaded different refits: (tensors, bytes) per engine = {results}")
+        self.weight_version += 1
+        stats = RefitStats()
+        stats.tensors, stats.bytes = results[0]
         stats.weight_version = self.weight_version
         stats.seconds = time.perf_counter() - started
         return stats

@@ -102,6 +102,8 @@ class VllmEngine:
             max_num_seqs=options.max_num_seqs,
             seed=options.seed,
             logprobs_mode="processed_logprobs" if options.logprobs == "processed" else "raw_logprobs",
+            # Receivers of the collective / CUDA IPC refits, run in every worker (refit_receiver.py).
+            worker_extension_cls="gdpo_megatron.generation.refit_receiver.RefitWorkerExtension",
         )
         if self.in_process:
             kwargs["distributed_executor_backend"] = "external_launcher"
@@ -193,16 +195,38 @@ class VllmEngine:
                 counted["bytes"] += tensor_bytes(tensor)
                 yield name, tensor
 
+        def load() -> None:
+            if self.in_process:
+                self._model_runner().reload_weights(weights_iterator=counting())
+            else:
+                # Workers live in other processes: ship the tensors through vLLM's RPC.
+                # The collective / CUDA IPC transports avoid this copy on GPUs.
+                self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(counting())})
+            return counted["tensors"], counted["bytes"]
+
+        return self._refit(load)
+
+    def join_refit_group(self, host: str, port: int, first_rank: int, world_size: int, backend: str) -> list[int]:
+        """Every worker joins the collective refit group, worker i as rank `first_rank + i`."""
+        return self.llm.collective_rpc("gdpo_join_refit_group", args=(host, port, first_rank, world_size, backend))
+
+    def receive_broadcast(self) -> tuple[int, int]:
+        """One refit broadcast by the refit group's rank 0 (every worker receives and loads it)."""
+        return self._refit(lambda: self.llm.collective_rpc("gdpo_receive_broadcast")[0])
+
+    def join_ipc_channel(self, host: str, port: int, channels: list[str]) -> list[str]:
+        return self.llm.collective_rpc("gdpo_join_ipc_channel", args=(host, port, channels))
+
+    def receive_ipc(self, refit_id: int) -> tuple[int, int]:
+        return self._refit(lambda: self.llm.collective_rpc("gdpo_receive_ipc", args=(refit_id,))[0])
+
+    def _refit(self, load) -> tuple[int, int]:
+        """Run `load` under the engine lock: no generate overlaps it, and the prefix cache is reset after."""
         with self._lock:
             if "weights" in self._sleeping:
                 raise RuntimeError("engine weights are asleep: wake(tags=['weights']) before loading weights")
             try:
-                if self.in_process:
-                    self._model_runner().reload_weights(weights_iterator=counting())
-                else:
-                    # Workers live in other processes: ship the tensors through vLLM's RPC.
-                    # The NCCL / CUDA IPC transports in `transports.py` avoid this copy on GPUs.
-                    self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(counting())})
+                result = load()
             except BaseException as exc:
                 # Some tensors may already be in place: refuse to serve until a full refit succeeds.
                 self._broken = f"{type(exc).__name__}: {exc}"
@@ -211,7 +235,7 @@ class VllmEngine:
             # KV blocks cached for shared prefixes were computed with the old weights.
             self.llm.reset_prefix_cache()
             self.weight_version += 1
-        return counted["tensors"], counted["bytes"]
+        return tuple(result)
 
     # ------------------------------------------------------------------ memory
     def sleep(self, level: int = 1) -> set[str]:

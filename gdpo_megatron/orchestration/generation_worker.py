@@ -13,8 +13,10 @@ import time
 
 import torch
 
+from gdpo_megatron.orchestration.refit import RefitReceiver
 
-class GenerationWorker:
+
+class GenerationWorker(RefitReceiver):  # RefitReceiver: collective / CUDA IPC receivers
     def __init__(self, recipe_data: dict, model_path: str, vllm_env: dict | None = None) -> None:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
         # vLLM logs several INFO lines per refit and warns that RoPE buffers are not in the

@@ -13,10 +13,11 @@ from typing import Any
 
 import torch
 
+from gdpo_megatron.orchestration.refit import RefitSender
 from gdpo_megatron.rollout_batch import RolloutShard
 
 
-class PolicyWorker:
+class PolicyWorker(RefitSender):  # RefitSender: export_weights* for every refit transport
     """Created without touching torch.distributed; `setup` joins the group once rank 0's address is known."""
 
     def __init__(self, recipe_data: dict, rank: int, world_size: int) -> None:
@@ -106,27 +107,6 @@ class PolicyWorker:
             for key, value in generation_mismatch(engine, batch.old_logprobs, batch.response_mask).items():
                 metrics[f"mismatch/{key}"] = value
         return metrics
-
-    def export_weights(self, bucket_bytes: int) -> list:
-        """Put HF-named weight buckets into the object store; global rank 0 returns their refs.
-
-        Every rank must drain the export stream (it gathers TP shards and PP stages with
-        collectives) and every rank sees every tensor, so only rank 0 publishes them.
-        """
-        import ray
-
-        refs, bucket, size = [], [], 0
-        for name, tensor in self.policy.export_hf_weights():
-            if self.rank != 0:
-                continue
-            bucket.append((name, tensor.detach().to("cpu").contiguous()))
-            size += tensor.numel() * tensor.element_size()
-            if size >= bucket_bytes:
-                refs.append(ray.put(bucket))
-                bucket, size = [], 0
-        if bucket:
-            refs.append(ray.put(bucket))
-        return refs
 
     def save_hf(self, path: str) -> None:
         """Collective: the current weights as an HF checkpoint (global rank 0 writes)."""

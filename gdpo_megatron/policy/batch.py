@@ -171,17 +171,32 @@ def micro_batches(batch: PolicyBatch, micro_batch_size: int, *, fixed_length: Op
 
     fixed_length: pipeline parallelism exchanges activations of one fixed shape, so with
     PP > 1 every micro-batch is cut to the same length (the mini-batch's used length).
-    pad_multiple: lengths are rounded up to a multiple (sequence parallelism, kernels).
+    pad_multiple: lengths are rounded up to a multiple (sequence parallelism, FP8 kernels; see
+    policy/padding.py), with masked columns appended where the batch is narrower.
     """
     for start in range(0, len(batch), micro_batch_size):
         chunk = batch.rows(start, min(start + micro_batch_size, len(batch)))
         length = fixed_length if fixed_length is not None else chunk.used_length()
-        length = min(-(-length // pad_multiple) * pad_multiple, batch.input_ids.shape[1])
-        chunk = chunk.trimmed(length)
+        length = -(-length // pad_multiple) * pad_multiple
+        chunk = chunk.trimmed(length) if length <= chunk.input_ids.shape[1] else pad_columns(chunk, length)
         if fixed_length is not None and len(chunk) < micro_batch_size:
             # Fixed shapes also mean a full last micro-batch: pad with rows that have no valid token.
             chunk = pad_rows(chunk, micro_batch_size)
         yield chunk
+
+
+def pad_columns(batch: PolicyBatch, length: int) -> PolicyBatch:
+    """Append zero columns up to `length` (response_mask 0: masked positions after every row's tokens)."""
+    missing = length - batch.input_ids.shape[1]
+
+    def widen(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        if x is None or x.dim() == 1:
+            return x
+        return torch.nn.functional.pad(x, (0, missing))
+
+    return replace(batch, input_ids=widen(batch.input_ids), response_mask=widen(batch.response_mask),
+                   advantages=widen(batch.advantages), old_logprobs=widen(batch.old_logprobs),
+                   ref_logprobs=widen(batch.ref_logprobs))
 
 
 def pad_rows(batch: PolicyBatch, rows: int) -> PolicyBatch:

@@ -42,7 +42,13 @@ def wrap_ddp(model_chunks: list[torch.nn.Module], distributed_optimizer: bool) -
     return wrapped
 
 
-def build_optimizer(model_chunks: list[torch.nn.Module], config: OptimizerConfig, *, bf16: bool):
+def build_optimizer(model_chunks: list[torch.nn.Module], config: OptimizerConfig, *, bf16: bool,
+                    fp8_recipe: str | None = None):
+    """megatron's (distributed) Adam; build it after the weights are loaded (policy/master_weights.py).
+
+    fp8_recipe: the FP8 scaling recipe when parameters are FP8 (the distributed optimizer shards
+    and gathers Float8 parameters differently per recipe).
+    """
     from megatron.core.optimizer import OptimizerConfig as McoreOptimizerConfig
     from megatron.core.optimizer import get_megatron_optimizer
 
@@ -58,6 +64,7 @@ def build_optimizer(model_chunks: list[torch.nn.Module], config: OptimizerConfig
         bf16=bf16,
         params_dtype=torch.bfloat16 if bf16 else torch.float32,
         use_distributed_optimizer=config.distributed,
+        fp8_recipe=fp8_recipe,
     )
     return get_megatron_optimizer(mcore_config, model_chunks)
 

@@ -35,6 +35,7 @@ class StepSettings:
     vocab_size: int  # real vocabulary (padded TP rows are masked out)
     norm_length: float  # seq-mean-token-sum-norm constant
     temperature: float = 1.0
+    sequence_multiple: int = 1  # micro-batch lengths are padded to a multiple of this (policy/padding.py)
 
 
 def _mpu():
@@ -100,7 +101,8 @@ def _run_schedule(model_chunks, micro: list[PolicyBatch], forward_step, forward_
 def _split(batch: PolicyBatch, settings: StepSettings) -> list[PolicyBatch]:
     # Pipeline stages exchange fixed-shape activations: one length, full micro-batches.
     fixed = batch.used_length() if _mpu().get_pipeline_model_parallel_world_size() > 1 else None
-    return list(micro_batches(batch, settings.micro_batch_size, fixed_length=fixed))
+    return list(micro_batches(batch, settings.micro_batch_size, fixed_length=fixed,
+                              pad_multiple=settings.sequence_multiple))
 
 
 def _broadcast_from_last_stage(tensor: Optional[torch.Tensor], shape, dtype) -> torch.Tensor:
@@ -141,7 +143,9 @@ def compute_logprobs(model_chunks, batch: PolicyBatch, settings: StepSettings) -
     result = None
     if _mpu().is_pipeline_last_stage(ignore_virtual=True):
         width = batch.input_ids.shape[1]
-        rows = [torch.nn.functional.pad(o["logprobs"].float(), (0, width - o["logprobs"].shape[1])) for o in outputs]
+        # Micro-batches are trimmed to their used length or padded past the batch width; restore it.
+        rows = [torch.nn.functional.pad(o["logprobs"].float()[:, :width], (0, max(0, width - o["logprobs"].shape[1])))
+                for o in outputs]
         result = torch.cat(rows)[: len(batch)]
     result = _broadcast_from_last_stage(result, tuple(batch.input_ids.shape), torch.float32).cpu()
     # Outside the response the values depend on how rows were grouped into micro-batches; zero them.

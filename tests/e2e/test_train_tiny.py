@@ -109,7 +109,9 @@ def test_dp1_trains_and_refits(repo_root, tmp_path, initial_model):
 
 def test_dp2_two_policy_workers(repo_root, tmp_path, initial_model):
     run_dir = tmp_path / "dp2"
-    proc = run_train(repo_root, run_dir, initial_model, *DP2)
+    # The object-store refit transport (the DP1 run takes `auto`: the collective gloo broadcast);
+    # check_run's mismatch bound proves the refit landed.
+    proc = run_train(repo_root, run_dir, initial_model, *DP2, "generation.refit.transport=object_store")
     assert proc.returncode == 0, proc.stderr[-4000:]
     records = check_run(run_dir, 2)
     written_keys_are_the_documented_ones(repo_root, records, run_dir, initial_model, *DP2)
