@@ -130,7 +130,9 @@ class Trainer:
                 from gdpo_megatron.config import ConfigError
 
                 raise ConfigError("policy.model.hf_path: required unless warmstart.enabled is true")
-            return self.recipe.policy.model.hf_path
+            from gdpo_megatron.conversion.smollm2 import resolve_model_dir
+
+            return resolve_model_dir(self.recipe.policy.model.hf_path)
         from gdpo_megatron.data import render_prompt
         from gdpo_megatron.data.synthetic import build_tokenizer, warmstart_examples
         from gdpo_megatron.warmstart import Demonstration, run_warmstart
