@@ -33,20 +33,29 @@ def run_prepare(name, out, source, **kwargs):
 def test_every_recipe_data_path_is_written_by_a_converter(repo_root):
     import yaml
 
-    paths = set()
-    for recipe in (repo_root / "recipes").rglob("*.yaml"):
-        data = (yaml.safe_load(recipe.read_text()) or {}).get("data") or {}
-        paths |= {data[k] for k in ("train_path", "val_path") if data.get(k)}
-        text = recipe.read_text()
-        for key in ("train_path", "val_path"):
-            if data.get(key):
-                assert "gdpo data prepare" in text or "defaults" in text, recipe
-    assert paths, "no recipe names a data file"
-    for path in sorted(paths):
-        command = command_for(path)
-        assert command is not None, f"nothing writes {path}"
-        name, out = command.split()[3], command.split()[5]
-        assert Path(out) / Path(path).name == Path(path) and Path(path).name in DATASETS.get(name).files
+    from gdpo_megatron.config import load_recipe
+    from gdpo_megatron.planner.recipe_index import recipe_files
+
+    checked = 0
+    for recipe_file in recipe_files(repo_root / "recipes"):
+        recipe = load_recipe(recipe_file)
+        # The recipe, or the defaults file it inherits its data section from, names the command.
+        text, pending = "", [recipe_file]
+        while pending:
+            current = pending.pop()
+            text += current.read_text()
+            parents = (yaml.safe_load(current.read_text()) or {}).get("defaults") or []
+            pending += [(current.parent / p).resolve() for p in ([parents] if isinstance(parents, str) else parents)]
+        for path in (recipe.data.train_path, recipe.data.val_path):
+            if path is None:
+                continue
+            command = command_for(path)
+            assert command is not None, f"{recipe_file}: nothing writes {path}"
+            assert f"# Data: {command}" in text or f"&& {command}" in text, f"{recipe_file}: header lacks `{command}`"
+            name, out = command.split()[3], command.split()[5]
+            assert Path(out) / Path(path).name == Path(path) and Path(path).name in DATASETS.get(name).files
+            checked += 1
+    assert checked >= 20
 
 
 def test_deepscaler_fixture_split_ids_and_manifest(tmp_path):

@@ -72,13 +72,17 @@ def prepare(name: str, out_dir: str | Path, source: Optional[str] = None, val_fr
 
 
 def command_for(path: str) -> Optional[str]:
-    """The `gdpo data prepare` command that writes the data file `path`, if one does."""
+    """The `gdpo data prepare` command that writes the data file `path`, if one does.
+
+    A file in a dataset's default directory belongs to that dataset; elsewhere, a file name
+    only one dataset writes decides (train.jsonl, written by several, then gives no answer).
+    """
     file = Path(path)
-    for name in DATASETS.names():
-        spec = DATASETS.get(name)
-        if file.name in spec.files:
-            return f"gdpo data prepare {name} --out {file.parent}"
-    return None
+    specs = [DATASETS.get(name) for name in DATASETS.names()]
+    exact = [s for s in specs if file.name in s.files and Path(s.default_out) == file.parent]
+    by_name = [s for s in specs if file.name in s.files]
+    match = exact or (by_name if len(by_name) == 1 else [])
+    return f"gdpo data prepare {match[0].name} --out {file.parent}" if match else None
 
 
 __all__ = ["DATASETS", "DatasetSpec", "SourceError", "command_for", "prepare"]
