@@ -94,5 +94,6 @@ def test_two_gdpo_steps_then_eval_on_held_out_bfcl(tmp_path, repo_root, smollm2_
     assert "[eval] 4/4 prompts generated" in proc.stdout
     metrics = json.loads(out.read_text())
     assert metrics["model"] == str(run_dir / "final_model") and metrics["num_samples"] == 4
-    assert 0.0 <= metrics["bfcl_accuracy"] <= 1.0 and metrics["bfcl_accuracy/live_simple"] == metrics["bfcl_accuracy"]
+    assert 0.0 <= metrics["bfcl_accuracy"] <= 1.0
+    assert any(key.startswith("bfcl_accuracy/live_") for key in metrics)
     assert 0.0 <= metrics["format_rate"] <= 1.0 and 0 < metrics["mean_length"] <= 48

@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 from gdpo_megatron.rewards.tool_calling import system_prompt
 
-from .common import Conversion, Dropped, Output, SourceError, convert_rows, read_json_rows
+from .common import Conversion, Dropped, Output, SourceError, convert_rows, read_json_rows, stable_hash
 
 TRAIN_CATEGORIES = ("simple_python", "multiple", "parallel", "parallel_multiple")
 VAL_CATEGORIES = ("live_simple", "live_multiple", "live_parallel", "live_parallel_multiple")
@@ -111,7 +111,8 @@ def read_category(data_dir: Path, category: str) -> list[tuple[str, dict, Option
 
 
 def convert(source: Optional[str], val_fraction: float, seed: int) -> Conversion:
-    """Train on TRAIN_CATEGORIES, validate on VAL_CATEGORIES (val_fraction and seed are unused: the split is by category)."""
+    """Train on TRAIN_CATEGORIES, validate on VAL_CATEGORIES (by category, so val_fraction is unused;
+    the seed orders the validation file)."""
     data_dir = Path(source).expanduser() if source and source != "hf" else bfcl_data_dir()
     result = Conversion(outputs=[], sources=[{"name": f"BFCL {VERSION}", "path": str(data_dir),
                                               "package": "bfcl-eval", "revision": package_version()}])
@@ -129,5 +130,8 @@ def convert(source: Optional[str], val_fraction: float, seed: int) -> Conversion
         rows = [(where, (category, row, answer)) for category in categories
                 for where, row, answer in read_category(data_dir, category)]
         records = convert_rows(rows, one, "tool_calling", result)
+        if split == "validation":
+            # Seeded order, so that any prefix (trainer.validation.num_prompts, --limit) mixes categories.
+            records.sort(key=lambda r: stable_hash(f"{seed}:{r['id']}"))
         result.outputs.append(Output(filename, split, records))
     return result
