@@ -32,12 +32,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--model", help="HF checkpoint dir or run dir: generate the responses with vLLM")
     parser.add_argument("--samples", type=int, default=None,
                         help="samples per prompt (with --model: generated, default 1; else the first n saved)")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N records")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N records (with --max-prompt-tokens: of those within it)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="--model: response limit (default: --max-tokens "
                         "or the task's limit)")
     parser.add_argument("--temperature", type=float, default=None,
                         help="--model: sampling temperature (default 0 with one sample, else 1.0)")
     parser.add_argument("--seed", type=int, default=0, help="--model: sampling seed")
+    parser.add_argument("--max-prompt-tokens", type=int, default=None,
+                        help="--model: skip records whose rendered prompt is longer (as training's data.max_prompt_tokens)")
     parser.add_argument("--save-responses", default=None, help="--model: write the generated responses (JSONL) here")
     parser.add_argument("--max-tokens", type=int, default=None, help="length limit L for Exceed (task default if unset)")
     parser.add_argument("--tokenizer", default=None, help="HF tokenizer directory used to count response tokens")
@@ -69,11 +71,11 @@ def _read_responses(path: str, ids: set[str]) -> dict[str, tuple[list[str], list
     return found
 
 
-def _load_records(args: argparse.Namespace) -> list[dict]:
+def _load_records(args: argparse.Namespace, limit: bool = True) -> list[dict]:
     from gdpo_megatron.data.datasets import read_records
 
     records = read_records(args.data, args.task)
-    return records[: args.limit] if args.limit else records
+    return records[: args.limit] if args.limit and limit else records
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -132,7 +134,7 @@ def _run_model(args: argparse.Namespace) -> int:
 
     samples = args.samples or 1
     try:
-        records = _load_records(args)
+        records = _load_records(args, limit=args.max_prompt_tokens is None)
         model_dir = resolve_model(args.model)
     except (RecordError, ConfigError, OSError) as exc:
         print(f"gdpo eval: {exc}", file=sys.stderr)
@@ -140,7 +142,18 @@ def _run_model(args: argparse.Namespace) -> int:
     limit = args.max_tokens if args.max_tokens is not None else TASK_MAX_TOKENS[args.task]
     max_new = args.max_new_tokens or limit
     temperature = args.temperature if args.temperature is not None else (0.0 if samples == 1 else 1.0)
-    print(f"[eval] {model_dir}: {len(records)} records of {args.data}, {samples} sample(s), "
+    skipped = 0
+    if args.max_prompt_tokens:
+        from gdpo_megatron.evaluation.generate import within_prompt_limit
+
+        kept = within_prompt_limit(model_dir, records, args.max_prompt_tokens)
+        skipped, records = len(records) - len(kept), kept[: args.limit] if args.limit else kept
+        if not records:
+            print(f"gdpo eval: every prompt is longer than --max-prompt-tokens {args.max_prompt_tokens}", file=sys.stderr)
+            return 2
+    print(f"[eval] {model_dir}: {len(records)} records of {args.data}"
+          + (f" ({skipped} longer than {args.max_prompt_tokens} tokens skipped)" if skipped else "")
+          + f", {samples} sample(s), "
           f"temperature {temperature}, up to {max_new} new tokens", flush=True)
     generated = generate_samples(model_dir, records, samples, max_new, temperature, args.seed,
                                  log=lambda line: print(line, flush=True))
@@ -151,5 +164,5 @@ def _run_model(args: argparse.Namespace) -> int:
     metrics = evaluate_responses(args.task, records, generated.responses, num_tokens=generated.num_tokens,
                                  max_tokens=limit, num_workers=args.workers)
     metrics.update({"model": str(model_dir), "length_unit": "tokens (generated)", "temperature": temperature,
-                    "truncated": generated.truncated, "generation_seconds": round(generated.seconds, 1)})
+                    "truncated": generated.truncated, "skipped_long_prompts": skipped, "generation_seconds": round(generated.seconds, 1)})
     return _report(metrics, args.out)

@@ -38,6 +38,17 @@ def resolve_model(path: str) -> Path:
     raise ConfigError(f"--model {path}: neither an HF checkpoint directory (config.json) nor a run directory")
 
 
+def within_prompt_limit(model_dir: Path, records: list[dict], max_tokens: int) -> list[dict]:
+    """The records whose prompt, rendered with the model's chat template, has at most max_tokens tokens."""
+    from transformers import AutoTokenizer
+
+    from gdpo_megatron.data import render_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    return [r for r in records
+            if len(tokenizer(render_prompt(r, tokenizer), add_special_tokens=False)["input_ids"]) <= max_tokens]
+
+
 def generate_samples(model_dir: Path, records: list[dict], samples: int, max_new_tokens: int,
                      temperature: float, seed: int, max_model_len: Optional[int] = None, chunk: int = 16,
                      kv_cache_mb: int = 256, log: Callable[[str], None] = print) -> Generated:
