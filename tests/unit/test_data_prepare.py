@@ -217,3 +217,18 @@ def test_bfcl_checker_accepts_reference_and_rejects_wrong_calls(bfcl_dir):
     assert not bfcl_correct(first, "no tool call at all")
     metrics = bfcl_metrics([first, first], [[render_calls(first["tool_calls"]), wrong_value], [wrong_name]])
     assert metrics == {"bfcl_accuracy": 0.25, "bfcl_accuracy/simple_python": 0.25}
+
+
+def test_warmstart_demonstrations_score_the_top_of_both_rewards(bfcl_dir):
+    from gdpo_megatron.data.demonstrations import tool_calling_demonstrations
+
+    records = read_records(str(bfcl_dir / "train.jsonl"), "tool_calling")
+    demos = tool_calling_demonstrations(records, 50, seed=3)
+    assert len(demos) == 50 and len({r["id"] for r, _ in demos}) == 50
+    assert [r["id"] for r, _ in demos] == [r["id"] for r, _ in tool_calling_demonstrations(records, 50, seed=3)]
+    assert [r["id"] for r, _ in demos] != [r["id"] for r, _ in tool_calling_demonstrations(records, 50, seed=4)]
+    for record, response in demos:
+        assert REWARDS.get("format")(record, response, 50) == 1.0
+        assert REWARDS.get("tool_correctness")(record, response, 50) == 3.0
+    irrelevant = {"id": "x", "messages": [{"role": "user", "content": "hi"}], "tools": [], "tool_calls": []}
+    assert REWARDS.get("format")(irrelevant, tool_calling_demonstrations([irrelevant], 1, 0)[0][1], 10) == 1.0
