@@ -26,9 +26,9 @@ pytestmark = pytest.mark.slow
 RECIPE = "recipes/smollm2-135m-instruct/tool-calling-gdpo-1n2c.yaml"
 SMALL = ["warmstart.steps=20", "warmstart.batch_size=4", "warmstart.lr=5e-5", "warmstart.num_examples=80",
          "trainer.max_steps=2", "trainer.prompts_per_step=2", "trainer.rollouts_per_prompt=4",
-         "generation.sampling.max_new_tokens=48", "trainer.validation.every_steps=2",
+         "generation.sampling.max_new_tokens=96", "trainer.validation.every_steps=2",
          "trainer.validation.num_prompts=4", "trainer.validation.at_start=false", "trainer.checkpoint.every_steps=0",
-         "data.max_prompt_tokens=256", "generation.max_model_len=304"]
+         "data.max_prompt_tokens=256", "generation.max_model_len=352"]
 
 
 @pytest.fixture(scope="module")
