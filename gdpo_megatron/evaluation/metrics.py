@@ -6,6 +6,11 @@
   compile/runtime error, a resource kill or a timeout.
 - format_rate (synthetic, tool calling): share with the exact output format.
 - exceed: share of samples longer than max_tokens (paper: L = 4000 for math and code).
+- pass@1, pass@k (synthetic, math, code; k = samples per prompt): pass@1 is the mean share of
+  correct samples, pass@k the share of prompts with at least one correct sample among k.
+- bfcl_accuracy (tool calling, records prepared from BFCL): BFCL's own AST checker, overall
+  and per category (`bfcl_accuracy/<category>`).
+- mean_length: mean response length (tokens when counts are given, else words).
 """
 
 from __future__ import annotations
@@ -81,7 +86,8 @@ def evaluate_responses(task: str, records: Sequence[dict], responses: Sequence[S
     exceed = [[1.0 if t > limit else 0.0 for t in row] for row in tokens]
     metrics: dict = {"task": task, "num_prompts": len(records), "num_samples": len(jobs),
                      "samples_per_prompt": sorted({len(row) for row in samples}), "max_tokens": limit,
-                     "exceed": _mean_per_prompt(exceed)}
+                     "exceed": _mean_per_prompt(exceed),
+                     "mean_length": _mean_per_prompt([[float(t) for t in row] for row in tokens])}
     if task in ("synthetic", "math"):
         metrics["accuracy"] = _mean_per_prompt(table["correct"])
     if task == "synthetic":
@@ -91,6 +97,17 @@ def evaluate_responses(task: str, records: Sequence[dict], responses: Sequence[S
                                                 for row in table["pass"]])
         metrics["pass_rate"] = _mean_per_prompt(table["pass"])
         metrics["bug_ratio"] = _mean_per_prompt([[1.0 - v for v in row] for row in table["no_bug"]])
+    if task in ("synthetic", "math", "code"):
+        correct = table["correct"] if task != "code" else [[float(v == 1.0) if not math.isnan(v) else v for v in row]
+                                                            for row in table["pass"]]
+        k = min(len(row) for row in samples)
+        metrics["pass@1"] = _mean_per_prompt(correct)
+        if k > 1:
+            metrics[f"pass@{k}"] = _mean_per_prompt([[float(any(v == 1.0 for v in row[:k]))] for row in correct])
+    if task == "tool_calling" and records and all("bfcl" in r for r in records):
+        from .bfcl import bfcl_metrics
+
+        metrics.update(bfcl_metrics(list(records), samples))
     if task == "tool_calling":
         metrics["accuracy"] = _mean_per_prompt([[float(v == 3.0) for v in row] for row in table["correctness"]])
         metrics["mean_tool_correctness"] = _mean_per_prompt(table["correctness"])
@@ -105,6 +122,7 @@ def format_table(metrics: dict) -> str:
         if isinstance(value, float):
             shown = "n/a" if math.isnan(value) else (
                 f"{100 * value:.2f}%" if key in ("accuracy", "pass_rate", "bug_ratio", "format_rate", "exceed")
+                or key.startswith(("pass@", "bfcl_accuracy"))
                 else f"{value:.4f}")
         else:
             shown = str(value)

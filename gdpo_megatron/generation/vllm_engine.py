@@ -118,6 +118,12 @@ class VllmEngine:
             # which fails in a process that already holds a policy; an explicit size does not.
             kwargs.update(dtype="float32" if options.dtype == "auto" else options.dtype, enforce_eager=True,
                           kv_cache_memory_bytes=options.cpu_kv_cache_bytes)
+            if options.max_model_len is not None:
+                # After a partial (chunked) prefill vLLM rewinds a seeded request's generator with
+                # set_offset, which CPU generators lack ("CPU Generator does not use offset");
+                # whole-prompt prefills never rewind. Needs a token budget >= one full sequence.
+                kwargs.update(enable_chunked_prefill=False,
+                              max_num_batched_tokens=max(options.max_model_len, 2048))
         else:
             kwargs.update(dtype=options.dtype, enforce_eager=options.enforce_eager,
                           gpu_memory_utilization=options.gpu_memory_utilization,

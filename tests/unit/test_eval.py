@@ -79,3 +79,26 @@ def test_tool_calling_accuracy_and_format():
     assert metrics["accuracy"] == pytest.approx(1 / 3)
     assert metrics["mean_tool_correctness"] == pytest.approx((3 + (6 * 2 / 3 - 3) - 3) / 3)
     assert metrics["format_rate"] == pytest.approx(2 / 3)
+
+
+def test_pass_at_k_and_mean_length():
+    records = [{"id": "a", "prompt": "17+25?", "answer": "42", "task": "synthetic"},
+               {"id": "b", "prompt": "2+3?", "answer": "5", "task": "synthetic"}]
+    # a: one correct of two samples; b: none correct.
+    metrics = evaluate_responses("synthetic", records, [["<answer>42</answer>", "<answer>41</answer>"],
+                                                        ["<answer>4</answer>", "<answer>6</answer>"]],
+                                 num_tokens=[[5, 7], [5, 3]])
+    assert metrics["pass@1"] == pytest.approx((0.5 + 0.0) / 2)
+    assert metrics["pass@2"] == pytest.approx((1.0 + 0.0) / 2)
+    assert metrics["mean_length"] == pytest.approx((6 + 4) / 2)
+
+
+def test_model_and_responses_are_exclusive(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "data.jsonl", SYNTH)
+    with pytest.raises(SystemExit):
+        main(["eval", "--task", "synthetic", "--data", data, "--responses", data, "--model", str(tmp_path)])
+    assert main(["eval", "--task", "synthetic", "--data", data, "--model", str(tmp_path)]) == 2
+    assert "neither an HF checkpoint directory (config.json) nor a run directory" in capsys.readouterr().err
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    assert main(["eval", "--task", "synthetic", "--data", data, "--model", str(tmp_path / "run")]) == 2
+    assert "run directory without final_model/" in capsys.readouterr().err

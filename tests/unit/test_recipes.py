@@ -52,7 +52,10 @@ def test_file_name_matches_task_algorithm_and_cluster_shape(path):
     assert match, f"{path.name} does not follow <task>-<algorithm>-<N>n<G>g.yaml"
     recipe = load_recipe(path)
     assert recipe.algorithm.estimator == match["algorithm"]
-    assert (recipe.cluster.nodes, recipe.cluster.gpus_per_node) == (int(match["nodes"]), int(match["devices"]))
+    if match["kind"] == "c":  # CPU recipes: <N>n<C>c names CPU cores, and no GPU is asked for
+        assert (recipe.cluster.nodes, recipe.cluster.gpus_per_node) == (int(match["nodes"]), 0)
+    else:
+        assert (recipe.cluster.nodes, recipe.cluster.gpus_per_node) == (int(match["nodes"]), int(match["devices"]))
     assert recipe.data.task == match["task"].replace("-conditioned", "").replace("-", "_")
     assert ("-fp8-" in path.name) == (recipe.policy.precision.fp8 is not None)
     assert bool(match["gfpo"]) == recipe.algorithm.group_filter.enabled
