@@ -46,7 +46,7 @@ def main():
 
     from gdpo_megatron.distributed.setup import destroy_distributed, init_distributed
     from gdpo_megatron.policy.batch import micro_batches
-    from gdpo_megatron.policy.policy import MegatronPolicy
+    from gdpo_megatron.megatron_policy import MegatronPolicy
 
     tp, out = int(sys.argv[1]), sys.argv[2]
     init_distributed(recipe(tp, 1).policy.parallel, seed=SEED)

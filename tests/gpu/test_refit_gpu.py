@@ -106,7 +106,7 @@ def test_engine_refit_over_cuda_ipc(gpu_world, tiny_hf, record_property):
     _need_vllm()
     from gdpo_megatron.distributed.setup import free_port
     from gdpo_megatron.generation.cuda_ipc import control_store, send_over_ipc
-    from gdpo_megatron.policy.policy import MegatronPolicy
+    from gdpo_megatron.megatron_policy import MegatronPolicy
 
     policy = MegatronPolicy(gpu_recipe(tiny_hf))
     engine = _start_engine(tiny_hf, torch.cuda.current_device())  # colocated: the policy's GPU
@@ -134,7 +134,7 @@ def test_engine_refit_over_nccl_collective(gpu_world, tiny_hf, record_property):
                     f"{torch.cuda.device_count()}")
     from gdpo_megatron.distributed.setup import free_port
     from gdpo_megatron.generation.collective import broadcast_weights, join_refit_group
-    from gdpo_megatron.policy.policy import MegatronPolicy
+    from gdpo_megatron.megatron_policy import MegatronPolicy
 
     policy = MegatronPolicy(gpu_recipe(tiny_hf))
     engine = _start_engine(tiny_hf, (torch.cuda.current_device() + 1) % torch.cuda.device_count())

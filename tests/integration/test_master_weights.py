@@ -47,7 +47,7 @@ def world():
 
 
 def make_policy(path, dtype: str, distributed: bool):
-    from gdpo_megatron.policy.policy import MegatronPolicy
+    from gdpo_megatron.megatron_policy import MegatronPolicy
 
     return MegatronPolicy(build(RecipeConfig, {"policy": {
         "model": {"hf_path": str(path) if path else None, **({} if path else {

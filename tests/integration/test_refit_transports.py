@@ -61,7 +61,7 @@ class Concurrently:
 def stack(tmp_path_factory):
     from gdpo_megatron.distributed.setup import destroy_distributed, init_distributed
     from gdpo_megatron.orchestration.generation_worker import GenerationWorker
-    from gdpo_megatron.policy.policy import MegatronPolicy
+    from gdpo_megatron.megatron_policy import MegatronPolicy
 
     path = save_tiny_hf_model(tmp_path_factory.mktemp("tiny") / "llama", "llama")
     recipe = build(RecipeConfig, {

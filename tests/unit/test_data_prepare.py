@@ -34,7 +34,7 @@ def test_every_recipe_data_path_is_written_by_a_converter(repo_root):
     import yaml
 
     from gdpo_megatron.config import load_recipe
-    from gdpo_megatron.planner.recipe_index import recipe_files
+    from gdpo_megatron.recipe_index import recipe_files
 
     checked = 0
     for recipe_file in recipe_files(repo_root / "recipes"):
