@@ -100,7 +100,7 @@ def evaluate_responses(task: str, records: Sequence[dict], responses: Sequence[S
     if task in ("synthetic", "math", "code"):
         correct = table["correct"] if task != "code" else [[float(v == 1.0) if not math.isnan(v) else v for v in row]
                                                             for row in table["pass"]]
-        k = min(len(row) for row in samples)
+        k = min((len(row) for row in samples), default=0)
         metrics["pass@1"] = _mean_per_prompt(correct)
         if k > 1:
             metrics[f"pass@{k}"] = _mean_per_prompt([[float(any(v == 1.0 for v in row[:k]))] for row in correct])

@@ -72,6 +72,10 @@ def colocated_single_node(tmp_path_factory, initial_model, repo_root):
             self.events.append(("train", None, None))
             return super()._train(batch)
 
+        def _refit(self):
+            self.events.append(("refit", None, None))  # over whichever transport the recipe selects
+            return super()._refit()
+
     run_dir = tmp_path_factory.mktemp("single") / "run"
     recipe = load_recipe(repo_root / RECIPE, [*COMMON, f"policy.model.hf_path={initial_model}", "cluster.nodes=1",
                                               "cluster.cpu_workers=2", "generation.colocated=true"])
@@ -85,9 +89,9 @@ def test_colocated_sleep_wake_order_cpu_build_without_sleep_mode(colocated_singl
     events, run_dir = colocated_single_node
     asleep, awake_weights, awake = [["kv_cache", "weights"]] * 2, [["kv_cache"]] * 2, [[]] * 2
     start = [("sleep", 1, asleep),            # engines profiled and asleep before the policy ranks start
-             ("wake", ["weights"], awake_weights), ("update_weights", None, None), ("wake", ["kv_cache"], awake)]
+             ("wake", ["weights"], awake_weights), ("refit", None, None), ("wake", ["kv_cache"], awake)]
     step = [("generate", None, None), ("sleep", 1, asleep), ("train", None, None),
-            ("wake", ["weights"], awake_weights), ("update_weights", None, None), ("wake", ["kv_cache"], awake)]
+            ("wake", ["weights"], awake_weights), ("refit", None, None), ("wake", ["kv_cache"], awake)]
     assert events == start + step * STEPS
     for record in read_metrics(run_dir):
         assert record["time/engine_sleep"] > 0 and record["time/engine_wake"] > 0
