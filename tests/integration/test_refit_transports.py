@@ -71,9 +71,24 @@ def stack(tmp_path_factory):
                        "max_model_len": 256, "max_num_seqs": 16, "refit": {"bucket_mb": 0.5},
                        "sampling": {"temperature": 1.0, "max_new_tokens": 10}},
     })
+    from gdpo_megatron.generation import create_backend
+    from gdpo_megatron.orchestration.refit import RefitReceiver
+
+    class TwoEngineHost(RefitReceiver):
+        """The engine actor's receiving side (its RefitReceiver methods and update_weights) over one
+        backend holding two engine processes, so one test process drives both engines."""
+
+        update_weights = GenerationWorker.update_weights
+
+        def __init__(self, backend) -> None:
+            self.backend = backend
+
+        def close(self) -> None:
+            self.backend.close()
+
     init_distributed(recipe.policy.parallel)
     policy = MegatronPolicy(recipe)
-    worker = GenerationWorker(to_dict(recipe), str(path))  # the engine actor's class, run here
+    worker = TwoEngineHost(create_backend(recipe, str(path)))
     yield policy, worker
     worker.close()
     destroy_distributed()
