@@ -105,21 +105,23 @@ def init_distributed(
 
     if not dist.is_initialized():
         master_addr = master_addr or os.environ.get("MASTER_ADDR", "127.0.0.1")
-        if master_port is None:
-            if "MASTER_PORT" in os.environ:
-                master_port = int(os.environ["MASTER_PORT"])
-            elif world_size == 1:
-                master_port = free_port()
-            else:
+        if master_port is None and "MASTER_PORT" in os.environ:
+            master_port = int(os.environ["MASTER_PORT"])
+        if master_port is None and world_size == 1:
+            # One process needs no rendezvous: an in-process store cannot lose a race for a port.
+            dist.init_process_group(backend=backend, store=dist.HashStore(), rank=rank, world_size=1,
+                                    timeout=datetime.timedelta(seconds=timeout_s))
+        else:
+            if master_port is None:
                 raise RuntimeError("init_distributed: MASTER_PORT is not set and world_size > 1; "
                                    "pass master_port= or export MASTER_ADDR/MASTER_PORT")
-        dist.init_process_group(
-            backend=backend,
-            init_method=f"tcp://{master_addr}:{master_port}",
-            rank=rank,
-            world_size=world_size,
-            timeout=datetime.timedelta(seconds=timeout_s),
-        )
+            dist.init_process_group(
+                backend=backend,
+                init_method=f"tcp://{master_addr}:{master_port}",
+                rank=rank,
+                world_size=world_size,
+                timeout=datetime.timedelta(seconds=timeout_s),
+            )
 
     if not mpu.model_parallel_is_initialized():
         mpu.initialize_model_parallel(
