@@ -13,7 +13,10 @@ WORKER = Path(__file__).with_name("test_policy_checkpoint_worker.py")
 
 @pytest.mark.slow
 def test_resume_is_bit_exact(tmp_path):
-    env = dict(os.environ, RANK="0", WORLD_SIZE="1", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    # An in-process vLLM engine of an earlier test may have left MASTER_PORT in this process's
+    # environment; a lone rank must not try to bind that (possibly reused) port.
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK")}
+    env.update(RANK="0", WORLD_SIZE="1", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     proc = subprocess.run([sys.executable, str(WORKER), str(tmp_path)], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
