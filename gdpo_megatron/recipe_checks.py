@@ -116,6 +116,7 @@ def check_data_files(recipe: RecipeConfig, source_of: SourceOf, require: bool = 
     file is an error only with `require` (training here); `gdpo plan` and `gdpo launch` plan
     for a cluster whose filesystem may hold files this machine does not."""
     from gdpo_megatron.data.datasets import read_records
+    from gdpo_megatron.data.prepare import command_for
     from gdpo_megatron.data.records import RecordError
 
     data = recipe.data
@@ -126,7 +127,10 @@ def check_data_files(recipe: RecipeConfig, source_of: SourceOf, require: bool = 
         key = f"data.{split}_path"
         if not Path(path).is_file():
             if require:
-                _fail(key, f"no such data file: {path} (relative paths are read from {Path.cwd()})", source_of)
+                command = command_for(path)
+                made_by = f"; it is written by `{command}`" if command else ""
+                _fail(key, f"no such data file: {path} (relative paths are read from {Path.cwd()}{made_by})",
+                      source_of)
             continue
         try:
             read_records(path, data.task, data.format, data.hf_split)

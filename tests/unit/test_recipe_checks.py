@@ -128,3 +128,11 @@ def test_train_refuses_a_missing_data_file_before_starting_anything(tmp_path, ca
     assert main(["train", str(recipe), f"trainer.run_dir={run_dir}"]) == 2
     assert capsys.readouterr().err.startswith("gdpo: configuration error: data.train_path: no such data file")
     assert not run_dir.exists()
+
+
+def test_a_missing_prepared_file_names_the_command_that_writes_it(repo_root, monkeypatch):
+    monkeypatch.chdir(repo_root)  # the recipe's data path is relative, as users run it
+    recipe = "recipes/qwen2.5-1.5b-instruct/tool-calling-gdpo-1n8g.yaml"
+    with pytest.raises(ConfigError, match=r"^data.train_path: no such data file: data/tool_calling/train.jsonl .*"
+                                          r"it is written by `gdpo data prepare toolrl --out data/tool_calling`"):
+        load_checked_recipe(recipe, ["data.train_path=data/tool_calling/train.jsonl"], require_data_files=True)
