@@ -1,4 +1,4 @@
-"""Runs inside the candidate's sandbox (after code_values.py's source): load the program, then
+"""Runs inside the candidate's sandbox (after code_values.py's and _json_channel.py's source): load the program, then
 answer calls. Untrusted territory: the program may rewrite any of this, and all it can send
 back is JSON on its own stdout, which a trusted process decodes and a separate checker judges.
 
@@ -11,18 +11,10 @@ Replies (stdout): {"loaded": bool} once, then {"id": n, "ok": true, "value": ...
 def serve(program):
     import builtins
     import json
-    import os
     import sys
     import traceback
 
-    requests = os.fdopen(os.dup(0), "rb")
-    replies = os.fdopen(os.dup(1), "wb")
-    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-    os.dup2(2, 1)
-
-    def reply(message):
-        replies.write(json.dumps(message).encode() + b"\n")
-        replies.flush()
+    requests, reply = open_channel()  # noqa: F821 - prepended from _json_channel.py
 
     namespace = {"__name__": "__solution__", "__builtins__": builtins}
     try:

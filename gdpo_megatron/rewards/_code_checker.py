@@ -1,4 +1,4 @@
-"""Runs inside the checker's sandbox (after code_values.py's source): the tests, written as code,
+"""Runs inside the checker's sandbox (after code_values.py's and _json_channel.py's source): the tests, written as code,
 with every function of the candidate replaced by a proxy. The candidate's code never runs
 here; a proxy call sends the arguments out and gets back a decoded plain value (or an
 exception), so the verdict of each test is computed away from the program it judges.
@@ -13,18 +13,10 @@ then {"done": true}. The test's own prints go to stderr.
 def run_checks(config):
     import builtins
     import json
-    import os
     import sys
     import traceback
 
-    replies = os.fdopen(os.dup(0), "rb")
-    out = os.fdopen(os.dup(1), "wb")
-    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-    os.dup2(2, 1)
-
-    def send(message):
-        out.write(json.dumps(message).encode() + b"\n")
-        out.flush()
+    replies, send = open_channel()  # noqa: F821 - prepended from _json_channel.py
 
     class CandidateGone(BaseException):
         """The candidate process ended or broke the protocol: no test can pass after this."""

@@ -147,7 +147,7 @@ def plan_function_tests(tests: dict, record_id=None) -> FunctionTestPlan:
 
 @functools.lru_cache(maxsize=None)
 def _runtime(name: str) -> str:
-    return (_HERE / "code_values.py").read_text() + "\n" + (_HERE / name).read_text()
+    return "\n".join((_HERE / part).read_text() for part in ("code_values.py", "_json_channel.py", name))
 
 
 def candidate_program(program: str) -> str:
