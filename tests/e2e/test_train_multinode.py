@@ -24,6 +24,8 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from helpers.ray_nodes import simulated_ray_nodes  # noqa: E402
+
 pytestmark = pytest.mark.slow
 
 RECIPE = "recipes/tiny/synthetic-gdpo-1n2c.yaml"
@@ -104,30 +106,8 @@ def test_colocated_sleep_wake_order_cpu_build_without_sleep_mode(colocated_singl
 @pytest.fixture(scope="module")
 def two_node_cluster(tmp_path_factory):
     """Two Ray nodes on this host (127.0.0.2 head, 127.0.0.3), no driver connected from this process."""
-    from ray.cluster_utils import Cluster
-
-    from gdpo_megatron.orchestration.cluster import short_temp_dir
-
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_TMPDIR")}
-    temp, link = short_temp_dir(tmp_path_factory.mktemp("ray"))
-    # Ray writes the cluster's address file under $RAY_TMPDIR/ray: keep it out of the shared /tmp/ray.
-    (temp / "ray").mkdir()
-    os.environ.update(RAY_AUTH_MODE="disabled", RAY_TMPDIR=str(temp))
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "node_ip_address": NODES[0], "num_cpus": 4, "include_dashboard": False, "temp_dir": str(temp / "ray")})
-    cluster.add_node(node_ip_address=NODES[1], num_cpus=4)
-    cluster.wait_for_nodes()
-    try:
+    with simulated_ray_nodes(tmp_path_factory.mktemp("ray"), NODES, num_cpus=4) as cluster:
         yield cluster.address
-    finally:
-        cluster.shutdown()
-        if link is not None:
-            link.unlink(missing_ok=True)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def test_two_node_run_equals_single_node_run(colocated_single_node, two_node_cluster, initial_model, repo_root,

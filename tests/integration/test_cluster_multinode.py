@@ -19,6 +19,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from helpers.ray_nodes import simulated_ray_nodes  # noqa: E402
 from gdpo_megatron.config import load_recipe  # noqa: E402
 from gdpo_megatron.orchestration.cluster import placement_for  # noqa: E402
 from gdpo_megatron.orchestration.failures import WorkerFailure, get_all  # noqa: E402
@@ -34,34 +35,12 @@ TWO_BY_FOUR = ["cluster.nodes=2", "cluster.gpus_per_node=4", "cluster.gpu_type=H
 def two_nodes(tmp_path_factory):
     if ray.is_initialized():
         pytest.skip("a Ray connection is already open in this process")
-    from ray.cluster_utils import Cluster
-
-    from gdpo_megatron.orchestration.cluster import short_temp_dir
-
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_ADDRESS", "RAY_TMPDIR")}
-    temp, link = short_temp_dir(tmp_path_factory.mktemp("ray"))
-    # Ray writes the cluster's address file under $RAY_TMPDIR/ray: keep it out of the shared /tmp/ray.
-    (temp / "ray").mkdir()
-    os.environ.update(RAY_AUTH_MODE="disabled", RAY_TMPDIR=str(temp))
-    os.environ.pop("RAY_ADDRESS", None)
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "node_ip_address": NODES[0], "num_cpus": 10, "num_gpus": 4, "include_dashboard": False,
-        "temp_dir": str(temp / "ray")})
-    cluster.add_node(node_ip_address=NODES[1], num_cpus=10, num_gpus=4)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False)
-    try:
-        yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        if link is not None:
-            link.unlink(missing_ok=True)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with simulated_ray_nodes(tmp_path_factory.mktemp("ray"), NODES, num_cpus=10, num_gpus=4) as cluster:
+        ray.init(address=cluster.address, log_to_driver=False)
+        try:
+            yield cluster
+        finally:
+            ray.shutdown()
 
 
 @ray.remote
