@@ -389,7 +389,8 @@ class Trainer:
         return metrics
 
     # ---------------------------------------------------------------- checkpoints
-    def _save(self, step: int) -> None:
+    def _save(self, step: int) -> float:
+        """Write the checkpoint of `step`; returns the seconds it took."""
         import ray
 
         from gdpo_megatron.checkpointing import RunState, capture_rng_state, write_run_state
@@ -404,7 +405,9 @@ class Trainer:
 
         start = time.perf_counter()
         self.checkpoints.save(step, write)
-        self.log(f"[checkpoint] step {step} saved in {time.perf_counter() - start:.1f}s")
+        seconds = time.perf_counter() - start
+        self.log(f"[checkpoint] step {step} saved in {seconds:.1f}s")
+        return seconds
 
     def _resume(self, latest) -> int:
         """Load `latest` (a complete checkpoint, or None for a fresh run); return the next step."""
@@ -484,18 +487,22 @@ class Trainer:
                     self.step = step = step + 1
                     if validation.every_steps and step % validation.every_steps == 0:
                         metrics.update(self._validate(step))
+                    nan_stop = self._too_many_nan_skips(metrics)
+                    every = cfg.checkpoint.every_steps
+                    finished = step == cfg.max_steps or self._epochs_done()
+                    saved = nan_stop or bool(every and step % every == 0) or finished or stop.requested
+                    if saved:
+                        # Saved before the step's record is written, so that the record holds its time.
+                        metrics["time/checkpoint"] = self._save(step)
+                        check(["time/checkpoint"], {TRAINER})
                     metrics_log.log(step, metrics)
-                    if self._too_many_nan_skips(metrics):
-                        self._save(step)
+                    if nan_stop:
                         self.log(f"[stop] {self.nan_skips_in_a_row} consecutive non-finite updates "
                                  f"(trainer.max_consecutive_nan_skips={cfg.max_consecutive_nan_skips}); "
                                  f"saved step {step}; inspect {self.run_dir.metrics}")
                         return 3
-                    every = cfg.checkpoint.every_steps
-                    finished = step == cfg.max_steps or self._epochs_done()
-                    if (every and step % every == 0) or finished or stop.requested:
-                        self._save(step)
-                    if stop.requested and not finished:
+                    # A signal that arrives after the save decision stops the run after the next step's save.
+                    if saved and stop.requested and not finished:
                         self.log(f"[stop] {stop.signal_name}: checkpointed step {step}; "
                                  f"rerun the same command to resume")
                         return INTERRUPTED_EXIT_CODE

@@ -51,6 +51,9 @@ CONDITIONS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "validation_at_start": ("step 1 with trainer.validation.at_start", lambda r: r.trainer.validation.at_start),
     "mismatch_check": ("steps where generation.mismatch_check.every_steps is due",
                        lambda r: r.generation.mismatch_check.every_steps > 0),
+    # Every run that finishes, stops on a signal or on NaN skips saves at its last step.
+    "checkpoint": ("steps that saved a checkpoint: every trainer.checkpoint.every_steps, the last step, "
+                   "and a step stopped by a signal or by trainer.max_consecutive_nan_skips", lambda r: True),
     "kl": ("algorithm.loss.kl_coef > 0", lambda r: r.algorithm.loss.kl_coef > 0),
     "dual_clip": ("algorithm.loss.type ppo with dual_clip set",
                   lambda r: r.algorithm.loss.type == "ppo" and r.algorithm.loss.dual_clip is not None),
@@ -184,6 +187,7 @@ KEYS: tuple[Key, ...] = (
     Key("time/engine_sleep", TRAINER, SUM, "seconds putting the colocated engines to sleep before training", when="colocated"),
     Key("time/engine_wake", TRAINER, SUM, "seconds waking the colocated engines (weights before the refit, KV cache after)", when="colocated"),
     Key("time/step", TRAINER, SUM, "the whole step, validation and checkpointing excluded"),
+    Key("time/checkpoint", TRAINER, SUM, "seconds the driver spent saving the step's checkpoint (policy state, run state, publishing, pruning old ones); not part of time/step", when="checkpoint"),
     Key("throughput/tokens_per_s", TRAINER, MEAN, "prompt + response tokens per second of time/step"),
     Key("memory/driver_rss_gb", TRAINER, MAX, "resident memory of the driver, GiB"),
     # validation

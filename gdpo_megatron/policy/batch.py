@@ -81,11 +81,16 @@ class PolicyBatch:
     # --- response coordinates: column j of a response-local [B, R] tensor is response token j ---
 
     def _response_index(self, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token column of response coordinate j per row, and where j is one of the row's tokens.
+
+        The column is meaningful only where `valid`: past a row's own response it may point beyond
+        the batch (the row is then not the widest one).
+        """
         if self.prompt_lengths is None or self.response_lengths is None:
             raise ValueError("this PolicyBatch was not built by build_policy_batch: prompt/response lengths unknown")
         j = torch.arange(width).unsqueeze(0)
         valid = j < self.response_lengths.unsqueeze(1)
-        return (self.prompt_lengths.unsqueeze(1) + j).clamp(max=self.input_ids.shape[1] - 1), valid
+        return self.prompt_lengths.unsqueeze(1) + j, valid
 
     def response_mask_for_advantages(self) -> torch.Tensor:
         """[B, R] float32 mask in response coordinates (R = longest response): 1 on response tokens."""
@@ -97,7 +102,11 @@ class PolicyBatch:
         """Response-coordinate [B, R] values placed at their token columns of a [B, T] zero tensor."""
         index, valid = self._response_index(values.shape[1])
         out = torch.zeros(self.input_ids.shape, dtype=torch.float32)
-        out.scatter_(1, index, torch.where(valid, values.to(torch.float32), torch.zeros_like(values, dtype=torch.float32)))
+        rows = torch.arange(len(self)).unsqueeze(1).expand_as(index)
+        # Only a row's own tokens are written. Padding entries have no column of their own: a row
+        # ending at the last column, beside a row with a shorter prompt and a longer response, has
+        # padding entries past the batch, and writing them anywhere would overwrite real values.
+        out[rows[valid], index[valid]] = values.to(torch.float32)[valid]
         return out
 
     def pad_response_values(self, values: list[list[float]]) -> torch.Tensor:

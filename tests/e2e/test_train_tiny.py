@@ -83,7 +83,11 @@ def check_run(run_dir: Path, steps: int, reward_names=("correct", "format", "len
     return records
 
 
-DP1 = ("trainer.max_steps=3", "trainer.validation.every_steps=3", "trainer.validation.num_prompts=6")
+# Two-digit operands give prompts of 15 to 17 tokens: step 1 then has rollouts that end at the
+# batch's last token column beside a rollout with a shorter prompt and a longer response (measured:
+# three such rows), where engine logprobs once landed off their column. Checkpoints at steps 2 and 3.
+DP1 = ("trainer.max_steps=3", "trainer.validation.every_steps=3", "trainer.validation.num_prompts=6",
+       "data.args.max_operand=99", "trainer.checkpoint.every_steps=2")
 # Short responses make some rollouts hit max_new_tokens, which overlong filtering takes out of the loss.
 DP2 = ("trainer.max_steps=2", "cluster.cpu_workers=2", "trainer.dynamic_sampling.enabled=true",
        "trainer.overlong_filtering=true", "generation.sampling.max_new_tokens=12")
@@ -101,6 +105,10 @@ def test_dp1_trains_and_refits(repo_root, tmp_path, initial_model):
     for key in ("val/accuracy", "val/format_rate", "val/exceed"):
         assert 0.0 <= last[key] <= 1.0 and (last[key] * 6).is_integer(), key
     assert "[done] 3 steps" in proc.stdout
+    # Steps 2 (every_steps) and 3 (the last) saved a checkpoint; the record of each holds its time.
+    assert [("time/checkpoint" in r) for r in records] == [False, True, True]
+    assert all(math.isfinite(r["time/checkpoint"]) and r["time/checkpoint"] > 0 for r in records[1:])
+    assert [f"[checkpoint] step {s} saved" in proc.stdout for s in (1, 2, 3)] == [False, True, True]
     before, after = policy_weights(initial_model), policy_weights(run_dir / "final_model")
     assert before.keys() == after.keys()
     changed = [name for name in before if not torch.equal(before[name], after[name])]
