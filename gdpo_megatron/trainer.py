@@ -20,6 +20,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 import numpy as np
@@ -389,16 +390,17 @@ class Trainer:
         return metrics
 
     # ---------------------------------------------------------------- checkpoints
-    def _save(self, step: int) -> float:
-        """Write the checkpoint of `step`; returns the seconds it took."""
+    def _save(self, step: int, metrics: dict[str, Any]) -> float:
+        """Write the checkpoint of `step`, holding the step's record; returns the seconds it took."""
         import ray
 
         from gdpo_megatron.checkpointing import RunState, capture_rng_state, write_run_state
+        from gdpo_megatron.metrics.jsonl import make_record
 
         def write(path: Path) -> None:
             ray.get([w.save_checkpoint.remote(str(path / "policy")) for w in self.workers])
             state = RunState(step=step, config_hash=self.config_hash, sampler_state=self.sampler.state_dict(),
-                             consecutive_nan_skips=self.nan_skips_in_a_row)
+                             consecutive_nan_skips=self.nan_skips_in_a_row, step_record=make_record(step, metrics))
             if self.difficulty is not None:
                 state.extra["group_filter_difficulty"] = self.difficulty.state_dict()
             write_run_state(path, state, capture_rng_state())
@@ -426,6 +428,7 @@ class Trainer:
         if self.difficulty is not None:
             self.difficulty.load_state_dict(state.extra["group_filter_difficulty"])
         self.log(f"[resume] from step {state.step} ({latest.path})")
+        self.resumed_record = state.step_record
         return state.step
 
     # ---------------------------------------------------------------- the loop
@@ -459,6 +462,7 @@ class Trainer:
             self.val_records = list(val_set)[: validation.num_prompts]
         self.nan_skips_in_a_row = 0
         self.difficulty = None  # the adaptive group filter's running statistics (checkpointed)
+        self.resumed_record = None  # the record held by the checkpoint a resume starts from
         adaptive = self.recipe.algorithm.group_filter.adaptive
         if adaptive is not None:
             from gdpo_megatron.algorithms.group_filter import DifficultyTracker
@@ -478,6 +482,10 @@ class Trainer:
             metrics_log = MetricsLogger(self.run_dir.root, total_steps=cfg.max_steps, logging_config=cfg.logging,
                                         run_name=self.recipe.name, resume_from_step=step or None,
                                         config=to_dict(self.recipe))
+            if step and self.resumed_record is not None and metrics_log.last_step() != step:
+                # Killed between the checkpoint and its record: the checkpoint holds the record.
+                metrics_log.log(step, {k: v for k, v in self.resumed_record.items() if k != "step"})
+                self.log(f"[resume] step {step}'s metrics record restored from its checkpoint")
             try:
                 self._refit_engines()  # the engines serve exactly the policy's weights from the first step on
                 while step < cfg.max_steps and not self._epochs_done():
@@ -493,7 +501,7 @@ class Trainer:
                     saved = nan_stop or bool(every and step % every == 0) or finished or stop.requested
                     if saved:
                         # Saved before the step's record is written, so that the record holds its time.
-                        metrics["time/checkpoint"] = self._save(step)
+                        metrics["time/checkpoint"] = self._save(step, metrics)
                         check(["time/checkpoint"], {TRAINER})
                     metrics_log.log(step, metrics)
                     if nan_stop:

@@ -13,7 +13,7 @@ import json
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -37,7 +37,10 @@ class RunState:
     step: int
     config_hash: str
     sampler_state: dict[str, Any] = field(default_factory=dict)
-    metrics_so_far: list[dict[str, Any]] = field(default_factory=list)
+    # The checkpointed step's metrics record (metrics.jsonl form), written into the checkpoint
+    # because the record itself is appended just after the save: a run killed in between
+    # gets it back on resume.
+    step_record: Optional[dict[str, Any]] = None
     consecutive_nan_skips: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
@@ -105,6 +108,7 @@ def read_run_state(directory: Path) -> tuple[RunState, dict[str, Any]]:
     version = payload.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{state_path}: format_version {version!r}, this version reads {FORMAT_VERSION}")
+    payload.pop("metrics_so_far", None)  # an older field that held nothing a resume used
     try:
         state = RunState(**payload)
     except TypeError as exc:

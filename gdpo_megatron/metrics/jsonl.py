@@ -80,11 +80,14 @@ class JsonlWriter:
             self.path.unlink(missing_ok=True)
         else:
             truncate_after(self.path, resume_step)
+        records = read_metrics(self.path) if self.path.exists() else []
+        self.last_step: int | None = records[-1]["step"] if records else None
         self._handle = open(self.path, "a", encoding="utf-8")
 
     def write(self, record: Mapping[str, Any]) -> None:
         self._handle.write(json.dumps(record, allow_nan=False) + "\n")
         self._handle.flush()
+        self.last_step = int(record["step"])
 
     def close(self) -> None:
         if not self._handle.closed:

@@ -60,6 +60,10 @@ class MetricsLogger:
             self.progress.update(step, record)
         return record
 
+    def last_step(self) -> int | None:
+        """The step of the last record in metrics.jsonl (after the resume cut), None if empty."""
+        return self.jsonl.last_step
+
     def message(self, text: str) -> None:
         """A human message that does not garble the progress line."""
         self.progress.log(text)

@@ -193,7 +193,10 @@ def test_adaptive_gfpo_trains_on_retained_only_and_resumes_its_statistics(repo_r
     # statistics come back from the run state, so steps 2 and 3 equal the uninterrupted run
     proc = run_train(repo_root, cut_dir, initial_model, "trainer.max_steps=1", *ADAPTIVE_GFPO)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    # as if killed between step 1's checkpoint and its record: the checkpoint holds the record
+    (cut_dir / "metrics.jsonl").write_text("")
     proc = run_train(repo_root, cut_dir, initial_model, "trainer.max_steps=3", *ADAPTIVE_GFPO)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "[resume] from step 1" in proc.stdout
+    assert "[resume] step 1's metrics record restored from its checkpoint" in proc.stdout
     assert [comparable(r) for r in read_metrics(cut_dir)] == [comparable(r) for r in full]

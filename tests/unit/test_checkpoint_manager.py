@@ -133,7 +133,7 @@ def test_run_state_round_trip_restores_rng_streams(tmp_path):
     np.random.seed(2)
     torch.manual_seed(3)
     state = RunState(step=12, config_hash="abc", sampler_state={"epoch": 1, "position": 40},
-                     metrics_so_far=[{"step": 12, "reward/combined/mean": 0.5}], consecutive_nan_skips=1)
+                     step_record={"step": 12, "reward/combined/mean": 0.5}, consecutive_nan_skips=1)
     write_run_state(tmp_path, state)
     expected = (random.random(), float(np.random.rand()), torch.rand(3))
     random.seed(99)
@@ -149,7 +149,7 @@ def test_run_state_round_trip_restores_rng_streams(tmp_path):
 
 def test_run_state_refuses_nan_and_names_bad_file(tmp_path):
     with pytest.raises(CheckpointError, match="step 3 is not strict JSON"):
-        write_run_state(tmp_path, RunState(step=3, config_hash="h", metrics_so_far=[{"loss": float("nan")}]),
+        write_run_state(tmp_path, RunState(step=3, config_hash="h", step_record={"loss": float("nan")}),
                         capture_rng_state())
     (tmp_path / "run_state.json").write_text("{broken")
     with pytest.raises(CheckpointError, match=r"run_state.json: invalid JSON"):
