@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -79,12 +80,25 @@ def run_warmstart(
     log: Callable[[str], None] = print,
 ) -> Path:
     """Train and save the initial policy to `out_dir`; reuse it if a finished one is there."""
-    from transformers import AutoModelForCausalLM
-
     out_dir = Path(out_dir)
     if (out_dir / COMPLETE_MARKER).is_file():
         log(f"[warmstart] reusing {out_dir}")
         return out_dir
+    # The warm start runs in the driver before any worker process exists, so it may use every core
+    # the process is allowed (the driver itself keeps one thread otherwise: OMP_NUM_THREADS=1).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    try:
+        return _train_and_save(model_config, settings, tokenizer, demonstrations, out_dir, seed, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_and_save(model_config: ModelConfig, settings: WarmstartConfig, tokenizer,
+                    demonstrations: Sequence[Demonstration], out_dir: Path, seed: int,
+                    log: Callable[[str], None]) -> Path:
+    from transformers import AutoModelForCausalLM
+
     torch.manual_seed(seed)
     if model_config.hf_path:
         model = AutoModelForCausalLM.from_pretrained(model_config.hf_path, dtype=torch.float32)
@@ -103,7 +117,8 @@ def run_warmstart(
 
     generator = torch.Generator().manual_seed(seed)
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"[warmstart] {n_params / 1e6:.2f}M parameters, {len(examples)} demonstrations, {settings.steps} steps")
+    log(f"[warmstart] {n_params / 1e6:.2f}M parameters, {len(examples)} demonstrations, {settings.steps} steps, "
+        f"{torch.get_num_threads()} threads")
     start = time.perf_counter()
     for step in range(settings.steps):
         for group in optimizer.param_groups:

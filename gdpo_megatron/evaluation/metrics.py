@@ -11,6 +11,10 @@
 - bfcl_accuracy (tool calling, records prepared from BFCL): BFCL's own AST checker, overall
   and per category (`bfcl_accuracy/<category>`).
 - mean_length: mean response length (tokens when counts are given, else words).
+- refused_samples / refused_records: samples a reward refused to score (`RewardRefused`, e.g.
+  code tests in a form the sandboxed checker cannot judge), and per refused record id the
+  reason. Those samples are NaN and left out of every mean above, so one bad record does not
+  stop an evaluation, and the count says how much of the data the numbers do not cover.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional, Sequence
 
 from gdpo_megatron.rewards import REWARDS
+from gdpo_megatron.rewards.outcomes import RewardRefused
 
 TASK_MAX_TOKENS = {"synthetic": 8, "math": 4000, "code": 4000, "tool_calling": 1024}
 TASK_SCORES = {
@@ -66,10 +71,17 @@ def evaluate_responses(task: str, records: Sequence[dict], responses: Sequence[S
     reward_args = reward_args or {}
     jobs = [(i, j) for i, row in enumerate(samples) for j in range(len(row))]
 
-    def score(job: tuple[int, int]) -> dict[str, float]:
+    def score(job: tuple[int, int]) -> tuple[dict[str, float], Optional[str]]:
+        """The sample's values, and why a reward refused it (None when none did)."""
         i, j = job
-        return {key: float(REWARDS.get(fn)(records[i], samples[i][j], tokens[i][j], **reward_args.get(fn, {})))
-                for key, fn in TASK_SCORES[task].items()}
+        values, refusal = {}, None
+        for key, fn in TASK_SCORES[task].items():
+            try:
+                values[key] = float(REWARDS.get(fn)(records[i], samples[i][j], tokens[i][j], **reward_args.get(fn, {})))
+            except RewardRefused as exc:
+                values[key] = math.nan
+                refusal = refusal or f"{fn}: {exc}"
+        return values, refusal
 
     # Code rewards wait on sandboxed subprocesses, so threads overlap them; math-verify relies on
     # SIGALRM, which only works in the main thread, so everything else runs serially.
@@ -80,14 +92,19 @@ def evaluate_responses(task: str, records: Sequence[dict], responses: Sequence[S
         scored = [score(job) for job in jobs]
 
     table: dict[str, list[list[float]]] = {key: [[] for _ in samples] for key in TASK_SCORES[task]}
-    for (i, _), values in zip(jobs, scored):
+    refusals: dict[str, str] = {}  # record id -> the first refusal's message, in job order
+    for (i, _), (values, refusal) in zip(jobs, scored):
         for key, value in values.items():
             table[key][i].append(value)
+        if refusal is not None:
+            refusals.setdefault(str(records[i].get("id", f"#{i}")), refusal)
     exceed = [[1.0 if t > limit else 0.0 for t in row] for row in tokens]
     metrics: dict = {"task": task, "num_prompts": len(records), "num_samples": len(jobs),
                      "samples_per_prompt": sorted({len(row) for row in samples}), "max_tokens": limit,
                      "exceed": _mean_per_prompt(exceed),
-                     "mean_length": _mean_per_prompt([[float(t) for t in row] for row in tokens])}
+                     "mean_length": _mean_per_prompt([[float(t) for t in row] for row in tokens]),
+                     "refused_samples": sum(refusal is not None for _, refusal in scored),
+                     "refused_records": refusals}
     if task in ("synthetic", "math"):
         metrics["accuracy"] = _mean_per_prompt(table["correct"])
     if task == "synthetic":
@@ -119,6 +136,10 @@ def format_table(metrics: dict) -> str:
     """A two-column text table of the numeric metrics (rates as percentages)."""
     rows = []
     for key, value in metrics.items():
+        if key == "refused_records":
+            if value:
+                rows.extend((f"refused {record_id}", reason) for record_id, reason in value.items())
+            continue
         if isinstance(value, float):
             shown = "n/a" if math.isnan(value) else (
                 f"{100 * value:.2f}%" if key in ("accuracy", "pass_rate", "bug_ratio", "format_rate", "exceed")

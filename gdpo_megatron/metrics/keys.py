@@ -69,6 +69,7 @@ PLACEHOLDERS = {
     "name": "each reward of algorithm.rewards",
     "gated": "each reward with a condition",
     "metric": "each validation metric of data.task (docs/evaluation.md)",
+    "category": "each BFCL category among the held-out prompts (tool-calling records from `gdpo data prepare bfcl`)",
     "bucket": "each difficulty bucket of algorithm.group_filter.adaptive, 0 = hardest",
     "quantile": "each quantile of algorithm.group_filter.adaptive.quantiles, in percent (q25)",
 }
@@ -193,6 +194,8 @@ KEYS: tuple[Key, ...] = (
     # validation
     Key("val/{metric}", VALIDATION, MEAN, "held-out metric of `gdpo eval` after this step's update, one sample per prompt", when="validation"),
     Key("val_at_start/{metric}", VALIDATION, MEAN, "the same before the first update", when="validation_at_start"),
+    Key("val/bfcl_accuracy/{category}", VALIDATION, MEAN, "BFCL AST accuracy on the held-out prompts of one BFCL category", when="validation"),
+    Key("val_at_start/bfcl_accuracy/{category}", VALIDATION, MEAN, "the same before the first update", when="validation_at_start"),
 )
 
 
@@ -313,11 +316,16 @@ def is_number(value: Any) -> bool:
 
 
 def expected_keys(recipe: Any) -> set[str]:
-    """Every key a run of `recipe` writes at some step (patterns instantiated, conditions applied)."""
+    """Every key a run of `recipe` writes at some step (patterns instantiated, conditions applied).
+
+    `{category}` depends on the held-out records rather than the recipe (only BFCL records have
+    categories), so its keys are not listed.
+    """
     values = {
         "name": [r.name for r in recipe.algorithm.rewards],
         "gated": [r.name for r in recipe.algorithm.rewards if r.condition is not None],
         "metric": validation_metric_names(recipe.data.task),
+        "category": [],
         "bucket": [],
         "quantile": [],
     }

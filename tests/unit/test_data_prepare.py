@@ -140,6 +140,35 @@ def test_toolrl_mix_from_toolace_hammer_xlam(tmp_path):
     assert len(small.outputs[0].records) == 3
 
 
+def test_toolrl_own_mix_file(tmp_path):
+    """ToolRL's rlla_rl.json (the paper's 4k mix): its prompt kept, its reference turns scoring the top."""
+    source = FIXTURES / "toolrl_rlla_rl.json"
+    manifest, files = run_prepare("toolrl", tmp_path, str(source), val_fraction=0.0)
+    records = files["train.jsonl"]
+    assert len(records) == 5 and manifest["rows_read"] == 7
+    assert {k: v["count"] for k, v in manifest["dropped"].items()} == {
+        "a reference call line in 'output' is not JSON": 1, "missing 'instruction', 'input' or 'output'": 1}
+    rows = json.loads(source.read_text())
+    by_input = {r["messages"][1]["content"]: r for r in records}
+    for row in rows[:5]:
+        record = by_input[row["input"]]
+        assert record["messages"][0] == {"role": "system", "content": row["instruction"]}
+        # ToolRL's own reference turn is what the two rewards score highest.
+        assert REWARDS.get("format")(record, row["output"], 10) == 1.0
+        assert REWARDS.get("tool_correctness")(record, row["output"], 10) == (3.0 if record["tool_calls"] else 0.0)
+    oslo = by_input[rows[0]["input"]]
+    assert oslo["tool_calls"] == [{"name": "get_weather", "arguments": {"city": "Oslo"}}]
+    assert [t["parameters"]["required"] for t in oslo["tools"]] == [["city"], []]  # "" marks no default
+    masked = by_input[rows[2]["input"]]
+    assert masked["tool_calls"] == [{"name": "Qx7.mK2", "arguments": {"a9.Z": 7, "Kp3": "history"}}]
+    assert by_input[rows[3]["input"]]["tool_calls"] == [] and by_input[rows[3]["input"]]["expects_response"]
+    both = by_input[rows[4]["input"]]  # a call and a response in one turn
+    assert both["tool_calls"] and both["expects_response"]
+    again = tmp_path / "again"
+    run_prepare("toolrl", again, str(source), val_fraction=0.0)
+    assert (again / "train.jsonl").read_bytes() == (tmp_path / "train.jsonl").read_bytes()  # stable ids and order
+
+
 def test_bad_source_is_named(tmp_path, capsys):
     bad = tmp_path / "broken.jsonl"
     bad.write_text('{"problem": "x", "answer": "1"}\n{"problem": \n')
@@ -149,6 +178,8 @@ def test_bad_source_is_named(tmp_path, capsys):
     assert "no such file or directory (the local copy of HuggingFaceH4/aime_2024)" in capsys.readouterr().err
     assert main(["data", "prepare", "toolrl", "--out", str(tmp_path / "o"), "--source", "xlam=a"]) == 2
     assert "missing: toolace, hammer" in capsys.readouterr().err
+    assert main(["data", "prepare", "toolrl", "--out", str(tmp_path / "o"), "--source", str(tmp_path / "rlla.json")]) == 2
+    assert "no such file or directory (the local copy of ToolRL's dataset/rlla_4k_raw/rlla_rl.json)" in capsys.readouterr().err
 
 
 def test_missing_and_bad_data_files_name_the_command(tmp_path, monkeypatch):

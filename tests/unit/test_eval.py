@@ -102,3 +102,50 @@ def test_model_and_responses_are_exclusive(tmp_path, capsys):
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     assert main(["eval", "--task", "synthetic", "--data", data, "--model", str(tmp_path / "run")]) == 2
     assert "run directory without final_model/" in capsys.readouterr().err
+
+
+REFUSED_CODE = [
+    {"id": "ok", "prompt": "Read two integers, print their sum.",
+     "tests": {"style": "stdin", "cases": [{"input": "1 2", "output": "3"}, {"input": "2 2", "output": "4"}]}},
+    # Asserts that never call the program: judging them would mean trusting the program's own output.
+    {"id": "never-calls", "prompt": "Write add(a, b).",
+     "tests": {"style": "function", "asserts": ["assert 1 + 1 == 2"]}},
+    # A HumanEval-form check that needs a helper nobody defined (only tests.context is trusted).
+    {"id": "needs-helper", "prompt": "Write add(a, b).",
+     "tests": {"style": "function", "entry_point": "add",
+               "test": "def check(candidate):\n    assert helper(candidate(1, 2)) == 3\n"}},
+]
+
+
+def test_refused_code_tests_are_counted_and_named_not_raised():
+    good = "a, b = map(int, input().split())\nprint(a + b)"
+    metrics = evaluate_responses("code", REFUSED_CODE, [[good, "print(0)"], [good], [good]],
+                                 num_tokens=[[10, 3], [10], [10]],
+                                 reward_args={"code_pass": {"timeout_s": 3.0}, "code_no_bug": {"timeout_s": 3.0}})
+    assert metrics["refused_samples"] == 2
+    assert list(metrics["refused_records"]) == ["never-calls", "needs-helper"]
+    assert "never call a function of the program" in metrics["refused_records"]["never-calls"]
+    assert metrics["refused_records"]["needs-helper"].startswith("code_pass: record 'needs-helper': tests.test uses helper")
+    # The means cover the scored record only: pass rates 1 and 0 -> 0.5; no bug in either.
+    assert metrics["pass_rate"] == pytest.approx(0.5)
+    assert metrics["accuracy"] == pytest.approx(0.5)
+    assert metrics["bug_ratio"] == pytest.approx(0.0)
+    assert metrics["num_samples"] == 4 and metrics["mean_length"] == pytest.approx((6.5 + 10 + 10) / 3)
+
+
+def test_cli_reports_refused_records(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "code.jsonl", REFUSED_CODE)
+    responses = write_jsonl(tmp_path / "responses.jsonl",
+                            [{"id": r["id"], "response": "print(3)", "num_tokens": 3} for r in REFUSED_CODE])
+    out = tmp_path / "metrics.json"
+    assert main(["eval", "--task", "code", "--data", data, "--responses", responses, "--out", str(out)]) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["refused_samples"] == 2 and sorted(metrics["refused_records"]) == ["needs-helper", "never-calls"]
+    assert metrics["pass_rate"] == pytest.approx(0.5)  # "print(3)" passes 1 + 2 = 3, not 2 + 2 = 4
+    table = capsys.readouterr().out
+    assert "refused never-calls" in table and "refused_samples" in table
+
+
+def test_nothing_refused_reports_zero():
+    metrics = evaluate_responses("tool_calling", [{"id": "t", "tool_calls": []}], ["no call"])
+    assert metrics["refused_samples"] == 0 and metrics["refused_records"] == {}

@@ -38,7 +38,8 @@ def _add(spec: DatasetSpec) -> None:
     DATASETS.register(spec.name)(spec)
 
 
-_add(DatasetSpec("toolrl", "tool_calling", "ToolACE + Hammer (xlam-irrelevance) + xLAM, ToolRL's 4k mix",
+_add(DatasetSpec("toolrl", "tool_calling", "ToolRL's 4k mix (--source its dataset/rlla_4k_raw/rlla_rl.json); "
+                 "from the hub: ToolACE + xlam-irrelevance + xLAM rebuilt",
                  ("train.jsonl", "val.jsonl"), "data/tool_calling", "hf", toolrl.convert, val_fraction=0.05,
                  summary="the GDPO paper's tool-calling training data"))
 _add(DatasetSpec("bfcl", "tool_calling", "BFCL v4 single-turn (the bfcl-eval package's data)",

@@ -1,6 +1,20 @@
 """The tool-calling mix of ToolRL (the GDPO paper's tool-calling data): ToolACE, Hammer and xLAM.
 
-Upstream schemas (Hugging Face dataset cards / viewer features):
+Two ways to build it:
+- `--source PATH/rlla_rl.json` (recommended): ToolRL's own 4k mix, the file the paper trained on
+  (github.com/qiancheng0/ToolRL, `dataset/rlla_4k_raw/rlla_rl.json`: 2k ToolACE, 1k Hammer with
+  masked function names, 1k xLAM). A JSON array of {"instruction", "input", "output"}:
+  `instruction` is ToolRL's system prompt with the tools listed as "N. Name: ...\nDescription:
+  ...\nParameters: {json}", `input` the dialogue so far ("<user> ... </user>", earlier
+  `<tool_call>`/`<response>` turns and `<obs>` tool results), `output` the reference turn
+  (`<think>`, then `<tool_call>` with one {"name", "parameters"} JSON object per line and/or
+  `<response>`). Records keep ToolRL's instruction as the system message, so the model sees the
+  paper's prompt; every row is kept (no sampling).
+- `--source hf` or `toolace=PATH,hammer=PATH,xlam=PATH`: an approximation rebuilt from the three
+  upstream datasets below. ToolRL's Hammer part is function-masked data that is not published on
+  the hub; MadeAgents/xlam-irrelevance-7.5k (Hammer's irrelevance set) stands in for it.
+
+Upstream schemas of the approximation (Hugging Face dataset cards / viewer features):
 - Team-ACE/ToolACE (`data.json`): `system` (text whose JSON list of tool documents follows
   "...functions in JSON format..."), `conversations` [{"from": "user"|"assistant"|"tool", "value"}];
   an assistant turn that calls tools is Python call syntax, `[name(arg=value, ...), ...]`.
@@ -18,6 +32,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from typing import Any
 
 from gdpo_megatron.rewards.tool_calling import system_prompt
@@ -133,6 +148,81 @@ def convert_toolace_row(row: Any) -> dict:
     return tool_record(content_id("toolace", first["value"], value), first["value"], tools, calls, "toolace")
 
 
+_TOOL_ENTRY = re.compile(r"^\d+\. Name: (?P<name>.+)\nDescription: (?P<description>.*)\nParameters: (?P<parameters>\{.*\})$",
+                         flags=re.MULTILINE)
+_CALL_BLOCK = re.compile(r"<tool_call>(.*?)</tool_call>", flags=re.DOTALL)
+
+
+def toolrl_tools(instruction: str) -> list[dict]:
+    """The tools ToolRL's instruction lists, as {name, description, parameters: JSON schema}.
+
+    ToolRL writes each parameter as {"description", "type", "default"} with "" for no default,
+    so a parameter with an empty default is the required one.
+    """
+    tools = []
+    for match in _TOOL_ENTRY.finditer(instruction):
+        try:
+            params = json.loads(match["parameters"])
+        except json.JSONDecodeError:
+            raise Dropped("a tool's Parameters in 'instruction' are not JSON") from None
+        if not isinstance(params, dict):
+            raise Dropped("a tool's Parameters in 'instruction' are not an object")
+        properties = {k: {f: v for f, v in spec.items() if f != "default"} if isinstance(spec, dict) else {}
+                      for k, spec in params.items()}
+        required = [k for k, spec in params.items() if isinstance(spec, dict) and spec.get("default", "") == ""]
+        tools.append({"name": match["name"].strip(), "description": match["description"].strip(),
+                      "parameters": {"type": "object", "properties": properties, "required": required}})
+    if not tools and "Name:" in instruction:
+        raise Dropped("the tools in 'instruction' are not in ToolRL's 'N. Name/Description/Parameters' form")
+    return tools
+
+
+def toolrl_calls(output: str) -> list[dict]:
+    """The reference calls of a ToolRL `output`: one {"name", "parameters"} JSON object per line."""
+    block = _CALL_BLOCK.search(output)
+    if block is None:
+        return []
+    calls = []
+    for line in (line.strip() for line in block.group(1).splitlines()):
+        if not line:
+            continue
+        try:
+            call = json.loads(line)
+        except json.JSONDecodeError:
+            raise Dropped("a reference call line in 'output' is not JSON") from None
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str) \
+                or not isinstance(call.get("parameters", {}), dict):
+            raise Dropped("a reference call in 'output' is not {'name', 'parameters': object}")
+        calls.append({"name": call["name"], "arguments": call.get("parameters", {})})
+    if not calls:
+        raise Dropped("an empty <tool_call> block in 'output'")
+    return calls
+
+
+def convert_toolrl_row(row: Any) -> dict:
+    if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("instruction", "input", "output")):
+        raise Dropped("missing 'instruction', 'input' or 'output'")
+    if "<user>" not in row["input"]:
+        raise Dropped("'input' has no <user> turn")
+    calls = toolrl_calls(row["output"])
+    record = {"id": content_id("toolrl", row["instruction"], row["input"], row["output"]),
+              "messages": [{"role": "system", "content": row["instruction"]}, {"role": "user", "content": row["input"]}],
+              "tools": toolrl_tools(row["instruction"]), "tool_calls": calls, "source": "toolrl-4k"}
+    if "<response>" in row["output"] or not calls:
+        record["expects_response"] = True
+    return record
+
+
+def convert_toolrl_file(source: str, val_fraction: float, seed: int) -> Conversion:
+    result = Conversion(outputs=[], sources=[{"name": "qiancheng0/ToolRL dataset/rlla_4k_raw/rlla_rl.json",
+                                              "source": source}])
+    rows = read_source(source, "ToolRL's dataset/rlla_4k_raw/rlla_rl.json", "train", None)
+    records = convert_rows(rows, lambda row, where: convert_toolrl_row(row), "tool_calling", result)
+    train, val = split_records(records, val_fraction, seed)
+    result.outputs = [Output("train.jsonl", "train", train), Output("val.jsonl", "validation", val)]
+    return result
+
+
 def _convert_source(name: str, source: str, result: Conversion) -> list[dict]:
     hub_id = HUB_IDS[name]
     rows = list(read_source(source, hub_id, "train", None))
@@ -148,12 +238,14 @@ def parse_sources(source: str) -> dict[str, str]:
     parts = dict(item.split("=", 1) for item in source.split(",") if "=" in item)
     missing = [name for name in MIX if name not in parts]
     if missing or len(parts) != len(source.split(",")):
-        raise SourceError(f"toolrl: --source must be 'hf' or 'toolace=PATH,hammer=PATH,xlam=PATH' "
-                          f"(missing: {', '.join(missing) or 'none'})")
+        raise SourceError(f"toolrl: --source must be ToolRL's rlla_rl.json, 'hf' or "
+                          f"'toolace=PATH,hammer=PATH,xlam=PATH' (missing: {', '.join(missing) or 'none'})")
     return parts
 
 
 def convert(source: str, val_fraction: float, seed: int, mix: dict[str, int] | None = None) -> Conversion:
+    if source != "hf" and "=" not in source:
+        return convert_toolrl_file(source, val_fraction, seed)
     mix = dict(MIX if mix is None else mix)
     paths = parse_sources(source)
     result = Conversion(outputs=[], sources=[{"name": HUB_IDS[n], "source": paths[n], "take": mix[n]} for n in mix])
