@@ -27,7 +27,8 @@ from torch import Tensor
 from gdpo_megatron.config.algorithm import AlgorithmConfig, RewardSpec
 from gdpo_megatron.registry import Registry
 
-from .segments import GroupStats, column_stats, index_groups, leave_one_out_centered, leave_one_out_std
+from .segments import (GroupStats, column_stats, index_groups, leave_one_out_centered, leave_one_out_std,
+                       materializes_columns)
 
 RESOLUTION_DECIMALS = 6  # advantages equal to 1e-6 count as one value in `adv/resolution_mean`
 
@@ -125,6 +126,17 @@ def resolve_numerics(algorithm: AlgorithmConfig) -> AdvantageNumerics:
 
 # ----------------------------------------------------------------------------- group normalization
 
+def _reciprocal_scale(scale: Tensor, numerics: AdvantageNumerics) -> Tensor:
+    """1 / (scale + eps) where the division happens, else 1 (a fresh tensor)."""
+    denominator = scale + numerics.group_eps
+    if numerics.eps_mode == "add" and numerics.group_eps > 0:  # the denominator is positive everywhere
+        return denominator.reciprocal_()
+    # where_positive divides only where std > 0; with add and eps = 0 a zero std is left
+    # undivided too (the centered value is then 0 or, leave-one-out, the plain difference).
+    divide = (scale > 0) if numerics.eps_mode == "where_positive" else (denominator > 0)
+    return torch.where(divide, denominator, 1.0).reciprocal_()
+
+
 def _centered_and_factor(stats: GroupStats, numerics: AdvantageNumerics,
                          materialize: bool = True) -> tuple[Optional[Tensor], Optional[Tensor], bool]:
     """(centered, factor, per_group): the normalized values are centered * factor (no
@@ -136,16 +148,10 @@ def _centered_and_factor(stats: GroupStats, numerics: AdvantageNumerics,
         centered = stats.centered if materialize else None
     if numerics.group_std == "none":
         return centered, None, True
-    per_group = numerics.group_std != "leave_one_out"
-    if per_group:
-        scale = stats.std(correction=1 if numerics.group_std == "unbiased" else 0)  # [K, G]
-    else:
-        scale = leave_one_out_std(stats)  # rows-shaped
-    denominator = scale + numerics.group_eps
-    # where_positive divides only where std > 0; with add and eps = 0 a zero std is left
-    # undivided too (the centered value is then 0 or, leave-one-out, the plain difference).
-    divide = (scale > 0) if numerics.eps_mode == "where_positive" else (denominator > 0)
-    return centered, 1.0 / torch.where(divide, denominator, 1.0), per_group
+    if numerics.group_std == "leave_one_out":
+        return centered, _reciprocal_scale(leave_one_out_std(stats), numerics), False  # rows-shaped
+    scale = stats.std(correction=1 if numerics.group_std == "unbiased" else 0)  # [K, G]
+    return centered, _reciprocal_scale(scale, numerics), True
 
 
 def _lone_rollouts(stats: GroupStats, numerics: AdvantageNumerics) -> Optional[Tensor]:
@@ -187,16 +193,20 @@ def normalize_in_groups(stats: GroupStats, numerics: AdvantageNumerics, weights:
 
 
 def weighted_normalized_sum(stats: GroupStats, numerics: AdvantageNumerics, weights: Tensor) -> Tensor:
-    """[N] (layout order) sum_k w_k * normalized_k: `normalize_in_groups(...).sum(0)`, but with
-    per-group scaling it accumulates reward by reward into one buffer instead of
-    materializing the scaled [K, N] columns (large batches are bound by memory traffic)."""
+    """[N] (layout order) sum_k w_k * normalized_k: `normalize_in_groups(...).sum(0)`, but
+    with per-group scaling the weight folds into the per-group factor, and large batches
+    accumulate reward by reward into one buffer instead of materializing the scaled [K, N]
+    columns (they are bound by memory traffic)."""
     if numerics.group_baseline == "leave_one_out" or _lone_rollouts(stats, numerics) is not None:
         return stats.groups.flat(normalize_in_groups(stats, numerics, weights)).sum(0)
     _, factor, _ = _centered_and_factor(stats, numerics, materialize=False)
-    per_row = stats.groups.per_row
-    factor = weights.unsqueeze(1) if factor is None else factor * weights.unsqueeze(1)  # [K, G]
+    groups = stats.groups
+    column_weight = weights.unsqueeze(1)
+    factor = column_weight.expand(-1, groups.num_groups) if factor is None else factor.mul_(column_weight)  # [K, G]
+    factor = groups.per_row(factor)
+    if materializes_columns(groups):
+        return groups.flat(stats.centered.mul(factor)).sum(0)
     scratch = torch.empty(stats.values.shape[1:], dtype=torch.float64)
-    factor = per_row(factor)
     total = stats.centered_column(0, torch.empty_like(scratch)).mul_(factor[0])
     for k in range(1, stats.values.shape[0]):
         total.addcmul_(stats.centered_column(k, scratch), factor[k])
@@ -310,19 +320,18 @@ def normalize_batch(scores: Tensor, row_weight: Optional[Tensor], mode: str, eps
         return scores
     if row_weight is None:
         lo, hi = torch.aminmax(scores)
-        total = torch.tensor(float(scores.numel()), dtype=scores.dtype)
+        lo, hi, weighted_sum = torch.stack([lo, hi, scores.sum()]).tolist()
+        n = float(scores.numel())
     else:
         included = row_weight > 0
         lo = torch.where(included, scores, float("inf")).min()
         hi = torch.where(included, scores, float("-inf")).max()
-        total = row_weight.sum()
-    n, lo, hi = torch.stack([total, lo, hi]).tolist()
+        n, lo, hi, weighted_sum = torch.stack([row_weight.sum(), lo, hi, torch.dot(row_weight, scores)]).tolist()
     if lo > hi:  # nothing included
         return torch.zeros_like(scores)
     if lo == hi:
         return scores - lo
-    mean = (scores.sum() if row_weight is None else torch.dot(row_weight, scores)) / n
-    centered = scores.sub_(mean)  # the estimator's own buffer: no second [N] allocation
+    centered = scores.sub_(weighted_sum / n)  # the estimator's own buffer: no second [N] allocation
     weighted = centered if row_weight is None else row_weight * centered
     var = float(torch.dot(weighted, centered)) / (n - 1.0) if n > 1.0 else 0.0
     std = math.sqrt(var)
@@ -379,6 +388,11 @@ def _check_finite(rewards: Tensor, names: list[str]) -> None:
                          f"rewards must be finite (use NaN for a missing value)")
 
 
+def _cpu(x: Tensor) -> Tensor:
+    """x on the CPU, out of any autograd graph (as is, when it already is: no call)."""
+    return x if x.device.type == "cpu" and not x.requires_grad else x.detach().cpu()
+
+
 def compute_advantages(rewards: Tensor, group_ids: Tensor, algorithm: AlgorithmConfig,
                        response_mask: Optional[Tensor] = None) -> AdvantageResult:
     """Advantages of N rollouts from their K named rewards (NaN = missing) and group ids."""
@@ -386,15 +400,15 @@ def compute_advantages(rewards: Tensor, group_ids: Tensor, algorithm: AlgorithmC
     _check_inputs(rewards, group_ids, algorithm, response_mask, numerics)
     names = reward_names(algorithm, rewards.shape[1])
     weights = torch.tensor(algorithm.reward_weights or [1.0] * rewards.shape[1], dtype=torch.float64)
-    raw = rewards.detach().cpu()
+    raw = _cpu(rewards)
     conditioned = raw
     if any(spec.condition is not None for spec in algorithm.rewards):
         raw = raw.to(torch.float64)  # `otherwise` values are float64 numbers
         _check_finite(raw, names)
         conditioned = apply_reward_conditions(raw, algorithm.rewards)
-    groups = index_groups(group_ids.detach().cpu())
+    groups = index_groups(_cpu(group_ids))
     stats = column_stats(groups.columns(conditioned), groups)
-    if bool(((stats.maximum == float("inf")) | (stats.minimum == float("-inf"))).any()):
+    if not stats.all_finite and bool(((stats.maximum == float("inf")) | (stats.minimum == float("-inf"))).any()):
         _check_finite(raw, names)
 
     # everything below runs in the layout order of `groups`; the result goes back at the end
@@ -406,7 +420,7 @@ def compute_advantages(rewards: Tensor, group_ids: Tensor, algorithm: AlgorithmC
     if not all_rewarded:
         scores = torch.where(has_reward, scores, 0.0)
 
-    mask = None if response_mask is None else response_mask.detach().cpu().to(torch.float64)
+    mask = None if response_mask is None else _cpu(response_mask).to(torch.float64)
     if numerics.batch_norm == "sample":
         weight = None if all_rewarded else has_reward.to(torch.float64)
         scores = normalize_batch(scores, weight, numerics.batch_eps_mode, numerics.batch_eps)
@@ -435,9 +449,11 @@ def advantage_diagnostics(raw: Tensor, stats: GroupStats, final: Tensor, num_wit
     """Flat, log-ready statistics of one batch (keys in docs/advantages.md).
 
     Reward statistics come from the per-group statistics already computed for the
-    estimator (pooled mean and variance: the groups' squared deviations plus their
-    count-weighted squared offsets from the pooled mean); `final` [N] float64 is in the
-    layout order of the groups. Everything is gathered into one tensor and read back once.
+    estimator (pooled variance: the groups' squared deviations plus their count-weighted
+    squared offsets from the pooled mean); `final` [N] float64 is in the layout order of
+    the groups. Each statistic is one reduction over all K rewards at once; everything is
+    gathered into one tensor and read back once, and the scalar arithmetic is done on the
+    Python numbers.
     """
     groups = stats.groups
     n = groups.num_rows
@@ -451,45 +467,57 @@ def advantage_diagnostics(raw: Tensor, stats: GroupStats, final: Tensor, num_wit
         out["groups/count"] = 0.0
         out["groups/size_mean"] = 0.0
         return out
-    count = stats.count
-    present = count.sum(1)  # [K]
-    pooled_mean = stats.total.sum(1) / present.clamp(min=1.0)
-    spread = stats.sq_dev.sum(1) + (count * (stats.mean - pooled_mean.unsqueeze(1)).square()).sum(1)
-    varies = (stats.minimum.amin(1) < stats.maximum.amax(1)) & (present >= 2)
-    pooled_std = torch.where(varies, (spread / (present - 1.0).clamp(min=1.0)).sqrt(), 0.0)
-    with_values = count >= 1
-    zero_var = (with_values & (stats.minimum == stats.maximum)).sum(1) / with_values.sum(1).clamp(min=1)
-    # advantages are centered within their groups, so the one-pass variance loses no digits
-    adv_mean = final.sum() / n
-    squares = torch.dot(final, final)
-    adv_std = ((squares - n * adv_mean * adv_mean).clamp(min=0.0) / (n - 1)).sqrt() if n > 1 else final.new_zeros(())
+    k = len(names)
+    num_groups = groups.num_groups
+    spread = stats.mean - (stats.total.sum(1) / stats.count.sum(1).clamp(min=1.0)).unsqueeze(1)
+    spread = spread.square_().mul_(stats.count).add_(stats.sq_dev).sum(1)  # [K] around the pooled mean
+    constant = stats.minimum == stats.maximum
+    parts = [spread, stats.minimum.amin(1), stats.maximum.amax(1)]
+    if stats.common_count is None:  # otherwise every group holds all its values
+        with_values = stats.count >= 1
+        parts += [stats.count.sum(1), (with_values & constant).sum(1), with_values.sum(1)]
+    else:
+        parts.append(constant.sum(1))
     lo, hi = torch.aminmax(final)
-    summary = [pooled_mean, pooled_std, present, zero_var, torch.stack([adv_mean, adv_std, lo, hi, (final == 0).sum()])]
+    parts.append(torch.stack([final.sum(), torch.dot(final, final), lo, hi, (final == 0).sum()]))
     gates = [(spec.name, raw[:, names.index(spec.condition.reward)], spec.condition.threshold)
              for spec in specs if spec.condition is not None]
     if gates:
-        summary.append(torch.stack([((gate >= threshold).sum() / (gate == gate).sum().clamp(min=1)).to(torch.float64)
-                                    for _, gate, threshold in gates]))
-    values = torch.cat([v if v.dtype == torch.float64 else v.to(torch.float64) for v in summary]).tolist()
-
-    k = len(names)
-    for row, stat in enumerate(("mean", "std", "missing_frac", "zero_var_group_frac")):
-        if stat == "mean":
-            continue  # the pooled mean only feeds the std here; reward/<name>/mean is the trainer's
-        for col, name in enumerate(names):
-            value = values[row * k + col]
-            out[f"reward/{name}/{stat}"] = 1.0 - value / n if stat == "missing_frac" else value
-    adv = values[4 * k:]
-    for (name, _, _), value in zip(gates, adv[5:]):
-        out[f"reward/{name}/gate_open_frac"] = value
-    out.update({"adv/mean": adv[0], "adv/std": adv[1], "adv/min": adv[2], "adv/max": adv[3],
-                "adv/zero_frac": adv[4] / n, "adv/all_missing_frac": 1.0 - num_with_reward / n})
+        parts.append(torch.stack([((gate >= threshold).sum() / (gate == gate).sum().clamp(min=1)).to(torch.float64)
+                                  for _, gate, threshold in gates]))
     # advantages equal to RESOLUTION_DECIMALS decimals count as one value (exact integers in float64)
     quantized = (final * 10.0 ** RESOLUTION_DECIMALS).round_()
-    if max(-adv[2], adv[3]) * 10.0 ** RESOLUTION_DECIMALS < 2.0 ** 31:  # narrower keys sort faster
-        quantized = quantized.to(torch.int32)
-    distinct = groups.count_distinct(quantized)
-    out["adv/resolution_mean"] = distinct / groups.num_groups
-    out["groups/count"] = float(groups.num_groups)
-    out["groups/size_mean"] = n / groups.num_groups
+    small = materializes_columns(groups)
+    if small:  # one read-back for everything; large batches first learn whether int32 keys fit
+        parts.append(groups.count_distinct(quantized).unsqueeze(0))
+    values = torch.cat(parts).tolist()
+    spread, lows, highs = values[:k], values[k:2 * k], values[2 * k:3 * k]
+    if stats.common_count is None:
+        present, zero_var, with_values = values[3 * k:4 * k], values[4 * k:5 * k], values[5 * k:6 * k]
+        rest = values[6 * k:]
+    else:
+        present, zero_var, with_values = [float(n)] * k, values[3 * k:4 * k], [float(num_groups)] * k
+        rest = values[4 * k:]
+    adv_sum, squares, adv_min, adv_max, zeros = rest[:5]
+    for col, name in enumerate(names):
+        varies = lows[col] < highs[col] and present[col] >= 2.0
+        out[f"reward/{name}/std"] = math.sqrt(spread[col] / max(present[col] - 1.0, 1.0)) if varies else 0.0
+        out[f"reward/{name}/missing_frac"] = 1.0 - present[col] / n
+        out[f"reward/{name}/zero_var_group_frac"] = zero_var[col] / max(with_values[col], 1.0)
+    for (name, _, _), value in zip(gates, rest[5:]):
+        out[f"reward/{name}/gate_open_frac"] = value
+    adv_mean = adv_sum / n
+    adv_std = math.sqrt(max(squares - n * adv_mean * adv_mean, 0.0) / (n - 1)) if n > 1 else 0.0
+    # advantages are centered within their groups, so the one-pass variance loses no digits
+    out.update({"adv/mean": adv_mean, "adv/std": adv_std, "adv/min": adv_min, "adv/max": adv_max,
+                "adv/zero_frac": zeros / n, "adv/all_missing_frac": 1.0 - num_with_reward / n})
+    if small:
+        distinct = values[-1]
+    else:
+        if max(-adv_min, adv_max) * 10.0 ** RESOLUTION_DECIMALS < 2.0 ** 31:  # narrower keys sort faster
+            quantized = quantized.to(torch.int32)
+        distinct = int(groups.count_distinct(quantized))
+    out["adv/resolution_mean"] = distinct / num_groups
+    out["groups/count"] = float(num_groups)
+    out["groups/size_mean"] = n / num_groups
     return out

@@ -26,6 +26,7 @@ exact 0 without a separate mask.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Optional
@@ -34,6 +35,7 @@ import torch
 from torch import Tensor
 
 _EXACT_SIZE_BLOCKS = 8  # up to this many distinct group sizes, each size gets its own block
+WHOLE_COLUMNS_MAX_ROWS = 1 << 15  # up to this many rows, per-row work runs on all K columns at once
 
 
 @dataclass(frozen=True)
@@ -127,11 +129,11 @@ class GroupIndex:
         return blocks
 
     def reduce(self, values: Tensor, how: str) -> Tensor:
-        """Per-group sum / amin / amax of `columns`-shaped values -> [K, G]; missing values must
-        already be the operation's identity (0, +inf, -inf). Sums are float64."""
+        """Per-group sum / sqnorm (sum of squares) / amin / amax of `columns`-shaped values -> [K, G];
+        missing values must already be the operation's identity (0, 0, +inf, -inf). Sums are float64."""
         if self.size is not None:
             return _reduce_rows(values, how)
-        fill = {"sum": 0, "amin": float("inf"), "amax": float("-inf")}[how]
+        fill = {"sum": 0, "sqnorm": 0, "amin": float("inf"), "amax": float("-inf")}[how]
         padded = torch.cat([values, values.new_full((values.shape[0], 1), fill)], dim=1)
         out = None
         for block in self._blocks:
@@ -141,20 +143,22 @@ class GroupIndex:
             out[:, block.groups] = part
         return out
 
-    def count_distinct(self, values: Tensor) -> int:
-        """Sum over groups of the number of distinct values among the group's rows (layout-order [N])."""
+    def count_distinct(self, values: Tensor) -> Tensor:
+        """Sum over groups of the number of distinct values among the group's rows (layout-order
+        [N]), as a 0-d int64 tensor (read back with the caller's other numbers)."""
         if self.size is not None:
             ordered = values.view(self.num_groups, self.size).sort(dim=1).values
-            return self.num_groups + int((ordered[:, 1:] != ordered[:, :-1]).sum())
+            # an int32 difference may wrap, but only to 0 where the values are equal
+            return (ordered.diff(dim=1) != 0).sum() + self.num_groups
         # sorts after every real value; not counted
         pad = float("inf") if values.is_floating_point() else torch.iinfo(values.dtype).max
         padded = torch.cat([values, values.new_full((1,), pad)])
-        total = 0
+        total = torch.zeros((), dtype=torch.int64)
         for block in self._blocks:
             ordered = padded[block.rows].sort(dim=1).values
             real = ordered != pad
             changes = (ordered[:, 1:] != ordered[:, :-1]) & real[:, 1:]
-            total += int(real[:, 0].sum() + changes.sum())
+            total += real[:, 0].sum() + changes.sum()
         return total
 
 
@@ -162,11 +166,16 @@ def _reduce_rows(table: Tensor, how: str) -> Tensor:
     """[K, G, S] -> [K, G] over the rows of each group (a sum always accumulates in float64)."""
     if how == "sum":
         return table.sum(-1, dtype=torch.float64)
+    if how == "sqnorm":  # the fused 2-norm, squared: what `column_stats` computes for equal groups
+        return torch.linalg.vector_norm(table, dim=-1).square_()
     return table.amin(-1) if how == "amin" else table.amax(-1)
 
 
 def index_groups(group_ids: Tensor) -> GroupIndex:
-    """Group ids [N] (any integers, any order) -> GroupIndex; contiguous equal groups cost O(N) and no sort."""
+    """Group ids [N] (any integers, any order) -> GroupIndex; contiguous equal groups cost O(N) and no sort.
+
+    The batch is already in layout order when its runs of equal ids come in increasing id
+    order: each group is then one run. One read-back decides that and the common size."""
     if group_ids.dim() != 1:
         raise ValueError(f"group_ids must be 1-D [N], got shape {tuple(group_ids.shape)}")
     if group_ids.is_floating_point() or group_ids.is_complex() or group_ids.dtype == torch.bool:
@@ -174,15 +183,21 @@ def index_groups(group_ids: Tensor) -> GroupIndex:
     n = int(group_ids.numel())
     if n == 0:
         return GroupIndex(num_groups=0, num_rows=0, sizes=torch.zeros(0, dtype=torch.int64), size=1)
+    heads, counts = torch.unique_consecutive(group_ids, return_counts=True)
+    num = int(heads.numel())
+    if num == 1:
+        return GroupIndex(num_groups=1, num_rows=n, sizes=counts, size=n)
+    largest, increasing = torch.stack([counts.amax(), (heads[1:] > heads[:-1]).all()]).tolist()
     order = None
-    if not bool((group_ids[1:] >= group_ids[:-1]).all()):
+    if not increasing:
         # some group is split or out of order: sort (stable keeps the rows' relative order)
         order = torch.argsort(group_ids, stable=True)
-        group_ids = group_ids.index_select(0, order)
-    heads, counts = torch.unique_consecutive(group_ids, return_counts=True)
-    lo, hi = torch.aminmax(counts)
-    size = int(lo) if bool(lo == hi) else None
-    return GroupIndex(num_groups=int(heads.numel()), num_rows=n, sizes=counts, order=order, size=size)
+        heads, counts = torch.unique_consecutive(group_ids.index_select(0, order), return_counts=True)
+        num = int(heads.numel())
+        largest = int(counts.amax())
+    # the sizes add up to n, so the largest is n / num only when all are equal
+    size = n // num if largest * num == n else None
+    return GroupIndex(num_groups=num, num_rows=n, sizes=counts, order=order, size=size)
 
 
 @dataclass(frozen=True, eq=False)
@@ -205,6 +220,9 @@ class GroupStats:
     maximum: Tensor  # -inf where count == 0
     sq_dev: Tensor  # sum of squared deviations from the group mean
     any_missing: bool  # some value is NaN
+    all_finite: bool = False  # True: no value is NaN or infinite (False: some may be)
+    common_count: Optional[int] = None  # the count of every group when they are all equal and full
+    whole_centered: Optional[Tensor] = None  # `centered`, when it was materialized with the statistics
 
     @cached_property
     def valid(self) -> Tensor:
@@ -214,6 +232,8 @@ class GroupStats:
     @cached_property
     def centered(self) -> Tensor:
         """Columns-shaped float64: value - group mean, exactly 0 in constant groups and where missing."""
+        if self.whole_centered is not None:
+            return self.whole_centered
         centered = self.values - self._mean_rows
         return centered.nan_to_num_(0.0) if self.any_missing else centered
 
@@ -235,7 +255,9 @@ class GroupStats:
     def std(self, correction: int) -> Tensor:
         """[K, G] standard deviation with denominator count - correction; exactly 0 where
         constant or undefined (count <= correction: sq_dev is 0 there)."""
-        return (self.sq_dev / (self.count - correction).clamp(min=1.0)).sqrt()
+        if self.common_count is not None:  # one divisor for all: a scalar (the same quotients)
+            return (self.sq_dev / float(max(self.common_count - correction, 1))).sqrt_()
+        return (self.sq_dev / (self.count - correction).clamp(min=1.0)).sqrt_()
 
     # -- leave-one-out pieces (only leave-one-out numerics need them)
 
@@ -266,24 +288,35 @@ def group_stats(x: Tensor, groups: GroupIndex) -> GroupStats:
     return column_stats(groups.columns(x), groups)
 
 
+def materializes_columns(groups: GroupIndex) -> bool:
+    """Whether the per-row work keeps whole [K, ...] temporaries (small batches: fewer calls)
+    or goes one reward column at a time (large batches are bound by first-touch page faults
+    of fresh [K, N] buffers). Depends on the batch size only, so every layout of a batch
+    takes the same arithmetic."""
+    return groups.num_rows <= WHOLE_COLUMNS_MAX_ROWS
+
+
 def column_stats(values: Tensor, groups: GroupIndex) -> GroupStats:
     """`group_stats` of values already in the column layout (`groups.columns`).
 
     Equal groups first reduce the raw values (a group holding a NaN comes out NaN), then
     redo only the (reward, group) pairs that hold a missing value with the NaN-aware
-    reductions: batches without missing rewards pay for no masking at all. Sums
-    accumulate in float64; the squared deviations are summed one reward at a time
-    through one scratch buffer (the batch is bound by memory traffic, not arithmetic).
+    reductions: batches without missing rewards pay for no masking at all (one read-back
+    of the sum of the group sums proves that no value is NaN or infinite). Sums
+    accumulate in float64; in large batches the squared deviations are summed one reward
+    at a time through one scratch buffer (bound by memory traffic, not arithmetic).
     """
     if groups.size is None:
         return _masked_stats(values, groups)
-    f64 = torch.float64
     total = values.sum(-1)
     minimum = values.amin(-1)
     maximum = values.amax(-1)
+    all_finite = math.isfinite(float(total.sum()))  # NaN and infinities reach the sum of sums
+    any_missing = False
     count = torch.full_like(total, float(groups.size))
-    incomplete = torch.isnan(total)
-    any_missing = bool(incomplete.any())
+    if not all_finite:
+        incomplete = torch.isnan(total)
+        any_missing = bool(incomplete.any())
     if any_missing:
         pairs = incomplete.flatten().nonzero().flatten()
         if 4 * pairs.numel() > incomplete.numel():  # most pairs: one masked pass beats gather + scatter
@@ -292,14 +325,27 @@ def column_stats(values: Tensor, groups: GroupIndex) -> GroupStats:
             parts = _masked_reductions(values.reshape(-1, groups.size)[pairs])
             for whole, part in zip((count, total, minimum, maximum), parts):
                 whole.view(-1)[pairs] = part
+        divisor = count.clamp(min=1.0)
+    else:
+        divisor = float(groups.size)  # equals dividing by the full count tensor, bit for bit
     # constant groups (incl. a single value) take their exact value as the mean; no values -> 0
-    mean = torch.where(minimum == maximum, minimum, total / count.clamp(min=1.0))
+    mean = torch.where(minimum == maximum, minimum, total / divisor)
+    centered = None
+    if materializes_columns(groups):
+        centered = values - mean.unsqueeze(-1)
+        if any_missing:
+            centered.nan_to_num_(0.0)
+        sq_dev = torch.linalg.vector_norm(centered, dim=-1).square_()
+    else:
+        sq_dev = torch.empty_like(total)
     stats = GroupStats(groups=groups, values=values, count=count, total=total, mean=mean, minimum=minimum,
-                       maximum=maximum, sq_dev=torch.empty_like(total), any_missing=any_missing)
-    scratch = torch.empty(values.shape[1:], dtype=f64)
-    for k in range(values.shape[0]):
-        torch.linalg.vector_norm(stats.centered_column(k, scratch), dim=-1, out=stats.sq_dev[k])
-    stats.sq_dev.square_()
+                       maximum=maximum, sq_dev=sq_dev, any_missing=any_missing, all_finite=all_finite,
+                       common_count=None if any_missing else groups.size, whole_centered=centered)
+    if centered is None:
+        scratch = torch.empty(values.shape[1:], dtype=torch.float64)
+        for k in range(values.shape[0]):
+            torch.linalg.vector_norm(stats.centered_column(k, scratch), dim=-1, out=sq_dev[k])
+        sq_dev.square_()
     return stats
 
 
@@ -317,7 +363,8 @@ def _masked_reductions(table: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 
 def _masked_stats(values: Tensor, groups: GroupIndex) -> GroupStats:
-    """`column_stats` of unequal groups: NaN-aware reductions over padded blocks."""
+    """`column_stats` of unequal groups: NaN-aware reductions over padded blocks. Given equal
+    groups (one block) it computes what `column_stats` does, bit for bit."""
     valid = values == values
     count = groups.reduce(valid, "sum")
     total = groups.reduce(torch.where(valid, values, 0.0), "sum")
@@ -325,9 +372,9 @@ def _masked_stats(values: Tensor, groups: GroupIndex) -> GroupStats:
     maximum = groups.reduce(torch.where(valid, values, float("-inf")), "amax")
     mean = torch.where(minimum == maximum, minimum, total / count.clamp(min=1.0))
     centered = torch.where(valid, values - groups.per_row(mean), 0.0)
-    sq_dev = groups.reduce(centered * centered, "sum")
+    sq_dev = groups.reduce(centered, "sqnorm")
     return GroupStats(groups=groups, values=values, count=count, total=total, mean=mean, minimum=minimum,
-                      maximum=maximum, sq_dev=sq_dev, any_missing=not bool(valid.all()))
+                      maximum=maximum, sq_dev=sq_dev, any_missing=not bool(valid.all()), whole_centered=centered)
 
 
 def leave_one_out_centered(stats: GroupStats) -> Tensor:
