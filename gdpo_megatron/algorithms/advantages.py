@@ -17,10 +17,12 @@ result is cast to float32 once at the end. The numeric settings come from
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -74,7 +76,7 @@ PRESETS: dict[str, dict[str, object]] = {
 
 # ----------------------------------------------------------------------------- registry
 
-@dataclass(frozen=True)
+@dataclass
 class GroupScores:
     """What an estimator returns: one score per rollout before batch normalization."""
 
@@ -108,50 +110,62 @@ def estimator(name: str, *, fixed: Optional[dict[str, object]] = None,
     return decorator
 
 
+_NUMERIC_FIELDS = ("group_baseline", "group_std", "group_eps", "eps_mode", "singleton_group", "batch_norm",
+                   "batch_eps", "batch_eps_mode")
+
+
 def resolve_numerics(algorithm: AlgorithmConfig) -> AdvantageNumerics:
     """AlgorithmConfig + preset -> concrete settings. Explicit fields win over the preset;
     the estimator's own fixed settings win over the preset (config validation rejects an
     explicit conflict)."""
-    spec = ESTIMATORS.get(algorithm.estimator)
-    values = dict(PRESETS[algorithm.preset])
+    return _resolve(algorithm.estimator, algorithm.preset, tuple(getattr(algorithm, key) for key in _NUMERIC_FIELDS))
+
+
+@functools.lru_cache(maxsize=256)
+def _resolve(estimator_name: str, preset: str, explicit: tuple[object, ...]) -> AdvantageNumerics:
+    # cached: the stage resolves the same section on every call
+    spec = ESTIMATORS.get(estimator_name)
+    values = dict(PRESETS[preset])
     if not spec.batch_norm_by_default:
         values["batch_norm"] = "none"
     values.update(spec.fixed)
-    for key in values:
-        chosen = getattr(algorithm, key)
+    for key, chosen in zip(_NUMERIC_FIELDS, explicit):
         if chosen is not None:
             values[key] = chosen
-    return AdvantageNumerics(estimator=algorithm.estimator, preset=algorithm.preset, **values)
+    return AdvantageNumerics(estimator=estimator_name, preset=preset, **values)
 
 
 # ----------------------------------------------------------------------------- group normalization
 
-def _reciprocal_scale(scale: Tensor, numerics: AdvantageNumerics) -> Tensor:
-    """1 / (scale + eps) where the division happens, else 1 (a fresh tensor)."""
+def _reciprocal_scale(scale: np.ndarray, numerics: AdvantageNumerics) -> np.ndarray:
+    """1 / (scale + eps) where the division happens, else 1 (a fresh array)."""
     denominator = scale + numerics.group_eps
     if numerics.eps_mode == "add" and numerics.group_eps > 0:  # the denominator is positive everywhere
-        return denominator.reciprocal_()
+        return np.reciprocal(denominator, out=denominator)
     # where_positive divides only where std > 0; with add and eps = 0 a zero std is left
     # undivided too (the centered value is then 0 or, leave-one-out, the plain difference).
     divide = (scale > 0) if numerics.eps_mode == "where_positive" else (denominator > 0)
-    return torch.where(divide, denominator, 1.0).reciprocal_()
+    return 1.0 / np.where(divide, denominator, 1.0)
 
 
-def _centered_and_factor(stats: GroupStats, numerics: AdvantageNumerics,
-                         materialize: bool = True) -> tuple[Optional[Tensor], Optional[Tensor], bool]:
+def _group_factor(stats: GroupStats, numerics: AdvantageNumerics) -> Optional[np.ndarray]:
+    """[K, G] 1 / (std + eps) of the per-group numerics (a fresh array); None without a std division."""
+    if numerics.group_std == "none":
+        return None
+    return _reciprocal_scale(stats.std_array(correction=1 if numerics.group_std == "unbiased" else 0), numerics)
+
+
+def _centered_and_factor(stats: GroupStats, numerics: AdvantageNumerics) -> tuple[Tensor, Optional[Tensor], bool]:
     """(centered, factor, per_group): the normalized values are centered * factor (no
-    factor: centered itself); factor is [K, G] when per_group, else rows-shaped.
-    materialize=False leaves the group-mean centered values to the caller (None)."""
+    factor: centered itself); factor is [K, G] when per_group, else rows-shaped."""
     if numerics.group_baseline == "leave_one_out":
         centered = leave_one_out_centered(stats)
     else:
-        centered = stats.centered if materialize else None
-    if numerics.group_std == "none":
-        return centered, None, True
-    if numerics.group_std == "leave_one_out":
-        return centered, _reciprocal_scale(leave_one_out_std(stats), numerics), False  # rows-shaped
-    scale = stats.std(correction=1 if numerics.group_std == "unbiased" else 0)  # [K, G]
-    return centered, _reciprocal_scale(scale, numerics), True
+        centered = stats.centered
+    if numerics.group_std == "leave_one_out":  # rows-shaped
+        return centered, torch.from_numpy(_reciprocal_scale(leave_one_out_std(stats).numpy(), numerics)), False
+    factor = _group_factor(stats, numerics)
+    return centered, None if factor is None else torch.from_numpy(factor), True
 
 
 def _lone_rollouts(stats: GroupStats, numerics: AdvantageNumerics) -> Optional[Tensor]:
@@ -199,11 +213,14 @@ def weighted_normalized_sum(stats: GroupStats, numerics: AdvantageNumerics, weig
     columns (they are bound by memory traffic)."""
     if numerics.group_baseline == "leave_one_out" or _lone_rollouts(stats, numerics) is not None:
         return stats.groups.flat(normalize_in_groups(stats, numerics, weights)).sum(0)
-    _, factor, _ = _centered_and_factor(stats, numerics, materialize=False)
     groups = stats.groups
-    column_weight = weights.unsqueeze(1)
-    factor = column_weight.expand(-1, groups.num_groups) if factor is None else factor.mul_(column_weight)  # [K, G]
-    factor = groups.per_row(factor)
+    column_weight = weights.numpy()[:, None]
+    factor = _group_factor(stats, numerics)
+    if factor is None:
+        factor = np.repeat(column_weight, groups.num_groups, axis=1)
+    else:
+        np.multiply(factor, column_weight, out=factor)
+    factor = groups.per_row(torch.from_numpy(factor))  # [K, G]
     if materializes_columns(groups):
         return groups.flat(stats.centered.mul(factor)).sum(0)
     scratch = torch.empty(stats.values.shape[1:], dtype=torch.float64)
@@ -318,30 +335,35 @@ def normalize_batch(scores: Tensor, row_weight: Optional[Tensor], mode: str, eps
     """
     if scores.numel() == 0:
         return scores
+    values = scores.numpy()  # the extremes and sums of [N] cost a third in NumPy; dot products stay in torch
     if row_weight is None:
-        lo, hi = torch.aminmax(scores)
-        lo, hi, weighted_sum = torch.stack([lo, hi, scores.sum()]).tolist()
-        n = float(scores.numel())
+        n = float(values.size)
+        lo, hi, weighted_sum = float(values.min()), float(values.max()), float(values.sum())
     else:
-        included = row_weight > 0
-        lo = torch.where(included, scores, float("inf")).min()
-        hi = torch.where(included, scores, float("-inf")).max()
-        n, lo, hi, weighted_sum = torch.stack([row_weight.sum(), lo, hi, torch.dot(row_weight, scores)]).tolist()
+        included = row_weight.numpy() > 0
+        lo = float(values.min(initial=math.inf, where=included))
+        hi = float(values.max(initial=-math.inf, where=included))
+        n, weighted_sum = float(row_weight.sum()), float(torch.dot(row_weight, scores))
     if lo > hi:  # nothing included
         return torch.zeros_like(scores)
     if lo == hi:
         return scores - lo
-    centered = scores.sub_(weighted_sum / n)  # the estimator's own buffer: no second [N] allocation
+    np.subtract(values, weighted_sum / n, out=values)  # the estimator's own buffer: no second [N] allocation
+    centered = scores
     weighted = centered if row_weight is None else row_weight * centered
     var = float(torch.dot(weighted, centered)) / (n - 1.0) if n > 1.0 else 0.0
     std = math.sqrt(var)
     if mode == "add":
-        return centered.mul_(1.0 / (std + eps)) if std + eps > 0.0 else centered
-    if mode == "where_positive":
-        return centered.mul_(1.0 / (std + eps)) if std > 0.0 else centered
-    if mode == "inside_sqrt":
-        return centered.mul_(1.0 / math.sqrt(var + eps)) if var + eps > 0.0 else centered
-    raise ValueError(f"unknown batch_eps_mode {mode!r}")
+        scale = 1.0 / (std + eps) if std + eps > 0.0 else None
+    elif mode == "where_positive":
+        scale = 1.0 / (std + eps) if std > 0.0 else None
+    elif mode == "inside_sqrt":
+        scale = 1.0 / math.sqrt(var + eps) if var + eps > 0.0 else None
+    else:
+        raise ValueError(f"unknown batch_eps_mode {mode!r}")
+    if scale is not None:
+        np.multiply(values, scale, out=values)
+    return centered
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -390,7 +412,7 @@ def _check_finite(rewards: Tensor, names: list[str]) -> None:
 
 def _cpu(x: Tensor) -> Tensor:
     """x on the CPU, out of any autograd graph (as is, when it already is: no call)."""
-    return x if x.device.type == "cpu" and not x.requires_grad else x.detach().cpu()
+    return x if x.is_cpu and not x.requires_grad else x.detach().cpu()
 
 
 def compute_advantages(rewards: Tensor, group_ids: Tensor, algorithm: AlgorithmConfig,
@@ -399,7 +421,7 @@ def compute_advantages(rewards: Tensor, group_ids: Tensor, algorithm: AlgorithmC
     numerics = resolve_numerics(algorithm)
     _check_inputs(rewards, group_ids, algorithm, response_mask, numerics)
     names = reward_names(algorithm, rewards.shape[1])
-    weights = torch.tensor(algorithm.reward_weights or [1.0] * rewards.shape[1], dtype=torch.float64)
+    weights = torch.from_numpy(np.array(algorithm.reward_weights or [1.0] * rewards.shape[1], dtype=np.float64))
     raw = _cpu(rewards)
     conditioned = raw
     if any(spec.condition is not None for spec in algorithm.rewards):
@@ -435,7 +457,7 @@ def compute_advantages(rewards: Tensor, group_ids: Tensor, algorithm: AlgorithmC
     if group_scores.gpg_alpha is not None:
         diagnostics["adv/gpg_alpha"] = group_scores.gpg_alpha
 
-    advantages = groups.from_layout(final.to(torch.float32))
+    advantages = groups.from_layout(torch.from_numpy(final.numpy().astype(np.float32)))
     token_advantages = None
     if mask is not None:
         token_advantages = advantages.unsqueeze(1) * mask.to(torch.float32)
@@ -449,14 +471,13 @@ def advantage_diagnostics(raw: Tensor, stats: GroupStats, final: Tensor, num_wit
     """Flat, log-ready statistics of one batch (keys in docs/advantages.md).
 
     Reward statistics come from the per-group statistics already computed for the
-    estimator (pooled variance: the groups' squared deviations plus their count-weighted
-    squared offsets from the pooled mean); `final` [N] float64 is in the layout order of
-    the groups. Each statistic is one reduction over all K rewards at once; everything is
-    gathered into one tensor and read back once, and the scalar arithmetic is done on the
-    Python numbers.
+    estimator; `final` [N] float64 is in the layout order of the groups. The arithmetic on
+    these small arrays runs in NumPy: every per-reward sum over the groups is one reduction
+    of one stacked array, the rest is arithmetic on K numbers.
     """
     groups = stats.groups
     n = groups.num_rows
+    k = len(names)
     out: dict[str, float] = {}
     if n == 0:
         for name in names:
@@ -467,57 +488,52 @@ def advantage_diagnostics(raw: Tensor, stats: GroupStats, final: Tensor, num_wit
         out["groups/count"] = 0.0
         out["groups/size_mean"] = 0.0
         return out
-    k = len(names)
-    num_groups = groups.num_groups
-    spread = stats.mean - (stats.total.sum(1) / stats.count.sum(1).clamp(min=1.0)).unsqueeze(1)
-    spread = spread.square_().mul_(stats.count).add_(stats.sq_dev).sum(1)  # [K] around the pooled mean
-    constant = stats.minimum == stats.maximum
-    parts = [spread, stats.minimum.amin(1), stats.maximum.amax(1)]
-    if stats.common_count is None:  # otherwise every group holds all its values
-        with_values = stats.count >= 1
-        parts += [stats.count.sum(1), (with_values & constant).sum(1), with_values.sum(1)]
+    count, mean, norm = stats.arrays
+    # pooled over the batch: the groups' squared deviations plus their count-weighted squared
+    # offsets from the pooled mean, taken around one group's mean (exact zeros when every
+    # value is equal) as sum count * d^2 - (sum count * d)^2 / present
+    if stats.common_count is not None:
+        reference = mean[:, :1]
+        weighted = np.subtract(mean, reference) * float(stats.common_count)
+        with_values = None
     else:
-        parts.append(constant.sum(1))
-    lo, hi = torch.aminmax(final)
-    parts.append(torch.stack([final.sum(), torch.dot(final, final), lo, hi, (final == 0).sum()]))
-    gates = [(spec.name, raw[:, names.index(spec.condition.reward)], spec.condition.threshold)
-             for spec in specs if spec.condition is not None]
-    if gates:
-        parts.append(torch.stack([((gate >= threshold).sum() / (gate == gate).sum().clamp(min=1)).to(torch.float64)
-                                  for _, gate, threshold in gates]))
-    # advantages equal to RESOLUTION_DECIMALS decimals count as one value (exact integers in float64)
-    quantized = (final * 10.0 ** RESOLUTION_DECIMALS).round_()
-    small = materializes_columns(groups)
-    if small:  # one read-back for everything; large batches first learn whether int32 keys fit
-        parts.append(groups.count_distinct(quantized).unsqueeze(0))
-    values = torch.cat(parts).tolist()
-    spread, lows, highs = values[:k], values[k:2 * k], values[2 * k:3 * k]
-    if stats.common_count is None:
-        present, zero_var, with_values = values[3 * k:4 * k], values[4 * k:5 * k], values[5 * k:6 * k]
-        rest = values[6 * k:]
+        with_values = count >= 1
+        reference = np.take_along_axis(mean, with_values.argmax(1)[:, None], 1)
+        weighted = np.subtract(mean, reference) * count
+    parts = [norm * norm, weighted * (mean - reference), weighted, norm == 0]
+    if with_values is not None:
+        parts += [count, with_values, with_values & (norm == 0)]
+    sums = np.stack(parts).sum(-1).tolist()
+    squares, between, offsets, constant = sums[:4]
+    if with_values is None:
+        present, groups_with_values, zero_var = [float(n)] * k, [float(groups.num_groups)] * k, constant
     else:
-        present, zero_var, with_values = [float(n)] * k, values[3 * k:4 * k], [float(num_groups)] * k
-        rest = values[4 * k:]
-    adv_sum, squares, adv_min, adv_max, zeros = rest[:5]
-    for col, name in enumerate(names):
-        varies = lows[col] < highs[col] and present[col] >= 2.0
-        out[f"reward/{name}/std"] = math.sqrt(spread[col] / max(present[col] - 1.0, 1.0)) if varies else 0.0
-        out[f"reward/{name}/missing_frac"] = 1.0 - present[col] / n
-        out[f"reward/{name}/zero_var_group_frac"] = zero_var[col] / max(with_values[col], 1.0)
-    for (name, _, _), value in zip(gates, rest[5:]):
-        out[f"reward/{name}/gate_open_frac"] = value
-    adv_mean = adv_sum / n
-    adv_std = math.sqrt(max(squares - n * adv_mean * adv_mean, 0.0) / (n - 1)) if n > 1 else 0.0
+        present, groups_with_values, zero_var = sums[4:]
+    stds, missing, zero_vars = [], [], []
+    for col in range(k):
+        spread = squares[col] + max(between[col] - offsets[col] * offsets[col] / max(present[col], 1.0), 0.0)
+        stds.append(math.sqrt(spread / (present[col] - 1.0)) if present[col] >= 2.0 else 0.0)
+        missing.append(1.0 - present[col] / n)
+        zero_vars.append(zero_var[col] / max(groups_with_values[col], 1.0))
+    for values, stat in ((stds, "std"), (missing, "missing_frac"), (zero_vars, "zero_var_group_frac")):
+        for name, value in zip(names, values):
+            out[f"reward/{name}/{stat}"] = value
+    for spec in specs:
+        if spec.condition is not None:
+            gate = raw[:, names.index(spec.condition.reward)]
+            opened = float((gate >= spec.condition.threshold).sum()) / max(float((gate == gate).sum()), 1.0)
+            out[f"reward/{spec.name}/gate_open_frac"] = opened
+    adv = final.numpy()
+    adv_min, adv_max = float(adv.min()), float(adv.max())
+    adv_mean = float(adv.sum()) / n
+    squares = float(torch.dot(final, final))
     # advantages are centered within their groups, so the one-pass variance loses no digits
+    adv_std = math.sqrt(max(squares - n * adv_mean * adv_mean, 0.0) / (n - 1)) if n > 1 else 0.0
     out.update({"adv/mean": adv_mean, "adv/std": adv_std, "adv/min": adv_min, "adv/max": adv_max,
-                "adv/zero_frac": zeros / n, "adv/all_missing_frac": 1.0 - num_with_reward / n})
-    if small:
-        distinct = values[-1]
-    else:
-        if max(-adv_min, adv_max) * 10.0 ** RESOLUTION_DECIMALS < 2.0 ** 31:  # narrower keys sort faster
-            quantized = quantized.to(torch.int32)
-        distinct = int(groups.count_distinct(quantized))
-    out["adv/resolution_mean"] = distinct / num_groups
-    out["groups/count"] = float(num_groups)
-    out["groups/size_mean"] = n / num_groups
+                "adv/zero_frac": (n - np.count_nonzero(adv)) / n, "adv/all_missing_frac": 1.0 - num_with_reward / n})
+    # advantages equal to RESOLUTION_DECIMALS decimals count as one value
+    distinct = groups.count_distinct(adv, scale=10.0 ** RESOLUTION_DECIMALS)
+    out["adv/resolution_mean"] = distinct / groups.num_groups
+    out["groups/count"] = float(groups.num_groups)
+    out["groups/size_mean"] = n / groups.num_groups
     return out

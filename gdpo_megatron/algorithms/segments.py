@@ -15,13 +15,24 @@ dimension (several times faster than reducing across the middle of [N, K]).
   holding the rows in that order. Unequal groups are gathered into padded
   [K, G_b, S_b] blocks (pads hold each reduction's identity; exact sizes when there are
   few distinct ones, powers of two otherwise, so padding at most doubles the work);
-  per-row values reach their groups' statistics by one gather.
+  per-row values reach their groups' statistics by one gather. Given equal groups, the
+  padded code computes the same bits as the table.
+
+Who computes what: torch runs the per-row work (the [K, N] columns: reductions over the
+rows of each group, centering, scaling); NumPy runs the per-group arithmetic on the
+[K, G] statistics, the layout check and the row sort of the diagnostics. Below ~2^15
+rollouts the stage is bound by the fixed cost of each call, and a NumPy call on a small
+array costs a third of a torch call; element-wise results are the same IEEE operations
+either way. Every [K, G] statistic is one float64 buffer seen both as a tensor (the
+fields) and as an array (`arrays`).
 
 Exactness matters more than elegance here: a group whose valid values are all equal
 produces exactly zero centered values and exactly zero spread (users read "zero-variance
 group" diagnostics, and `where_positive` epsilon modes branch on std == 0). The mean of
-such a group is its minimum, not a rounded sum / count, so every centered value is an
-exact 0 without a separate mask.
+a group is its first valid value plus the mean offset of the values from it, so the mean
+of such a group is that value exactly (the offsets are exact zeros), every centered value
+is an exact 0 without a separate mask, and no minimum or maximum is needed (they, and the
+group sums, are computed only when asked for).
 """
 
 from __future__ import annotations
@@ -29,13 +40,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Optional
+from typing import NamedTuple, Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
 _EXACT_SIZE_BLOCKS = 8  # up to this many distinct group sizes, each size gets its own block
 WHOLE_COLUMNS_MAX_ROWS = 1 << 15  # up to this many rows, per-row work runs on all K columns at once
+_NUMPY_FLOATS = (torch.float32, torch.float64)
 
 
 @dataclass(frozen=True)
@@ -46,7 +59,7 @@ class _Block:
     rows: Tensor  # [G_b, S_b] int64
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False)
 class GroupIndex:
     """How the N rows of a batch map to groups numbered 0..num_groups-1 (sorted order of the ids).
 
@@ -91,10 +104,13 @@ class GroupIndex:
 
         One copy does the transpose and the conversion (mixed float32/float64 arithmetic
         later would convert again inside every operation)."""
-        cols = x.t()
-        if self.order is not None:
-            cols = cols.index_select(1, self.order)
-        cols = cols.to(torch.float64, memory_format=torch.contiguous_format)
+        if self.order is None and x.dtype in _NUMPY_FLOATS and x.device.type == "cpu" and not x.requires_grad:
+            cols = torch.from_numpy(x.numpy().T.astype(np.float64, order="C"))
+        else:
+            cols = x.t()
+            if self.order is not None:
+                cols = cols.index_select(1, self.order)
+            cols = cols.to(torch.float64, memory_format=torch.contiguous_format)
         return cols.view(cols.shape[0], self.num_groups, self.size) if self.size is not None else cols
 
     def flat(self, y: Tensor) -> Tensor:
@@ -129,11 +145,11 @@ class GroupIndex:
         return blocks
 
     def reduce(self, values: Tensor, how: str) -> Tensor:
-        """Per-group sum / sqnorm (sum of squares) / amin / amax of `columns`-shaped values -> [K, G];
+        """Per-group sum / norm (the 2-norm) / amin / amax of `columns`-shaped values -> [K, G];
         missing values must already be the operation's identity (0, 0, +inf, -inf). Sums are float64."""
         if self.size is not None:
             return _reduce_rows(values, how)
-        fill = {"sum": 0, "sqnorm": 0, "amin": float("inf"), "amax": float("-inf")}[how]
+        fill = {"sum": 0, "norm": 0, "amin": float("inf"), "amax": float("-inf")}[how]
         padded = torch.cat([values, values.new_full((values.shape[0], 1), fill)], dim=1)
         out = None
         for block in self._blocks:
@@ -143,22 +159,27 @@ class GroupIndex:
             out[:, block.groups] = part
         return out
 
-    def count_distinct(self, values: Tensor) -> Tensor:
+    def count_distinct(self, values: np.ndarray, scale: Optional[float] = None) -> int:
         """Sum over groups of the number of distinct values among the group's rows (layout-order
-        [N]), as a 0-d int64 tensor (read back with the caller's other numbers)."""
+        [N] array; NumPy sorts short rows several times faster than torch). With `scale`, values
+        count as equal when rint(value * scale) is: that is monotone, so the sorted rows are
+        quantized after the sort."""
         if self.size is not None:
-            ordered = values.view(self.num_groups, self.size).sort(dim=1).values
-            # an int32 difference may wrap, but only to 0 where the values are equal
-            return (ordered.diff(dim=1) != 0).sum() + self.num_groups
+            ordered = np.sort(values.reshape(self.num_groups, self.size), axis=1)
+            if scale is not None:
+                ordered = np.rint(np.multiply(ordered, scale, out=ordered), out=ordered)
+            return self.num_groups + int(np.count_nonzero(ordered[:, 1:] != ordered[:, :-1]))
         # sorts after every real value; not counted
-        pad = float("inf") if values.is_floating_point() else torch.iinfo(values.dtype).max
-        padded = torch.cat([values, values.new_full((1,), pad)])
-        total = torch.zeros((), dtype=torch.int64)
+        pad = np.inf if values.dtype.kind == "f" else np.iinfo(values.dtype).max
+        padded = np.append(values, values.dtype.type(pad))
+        total = 0
         for block in self._blocks:
-            ordered = padded[block.rows].sort(dim=1).values
+            ordered = np.sort(padded[block.rows.numpy()], axis=1)
             real = ordered != pad
+            if scale is not None:
+                ordered = np.rint(np.multiply(ordered, scale, out=ordered), out=ordered)
             changes = (ordered[:, 1:] != ordered[:, :-1]) & real[:, 1:]
-            total += real[:, 0].sum() + changes.sum()
+            total += int(np.count_nonzero(real[:, 0])) + int(np.count_nonzero(changes))
         return total
 
 
@@ -166,8 +187,8 @@ def _reduce_rows(table: Tensor, how: str) -> Tensor:
     """[K, G, S] -> [K, G] over the rows of each group (a sum always accumulates in float64)."""
     if how == "sum":
         return table.sum(-1, dtype=torch.float64)
-    if how == "sqnorm":  # the fused 2-norm, squared: what `column_stats` computes for equal groups
-        return torch.linalg.vector_norm(table, dim=-1).square_()
+    if how == "norm":  # the fused 2-norm: what `column_stats` computes for equal groups
+        return torch.linalg.vector_norm(table, dim=-1)
     return table.amin(-1) if how == "amin" else table.amax(-1)
 
 
@@ -175,7 +196,7 @@ def index_groups(group_ids: Tensor) -> GroupIndex:
     """Group ids [N] (any integers, any order) -> GroupIndex; contiguous equal groups cost O(N) and no sort.
 
     The batch is already in layout order when its runs of equal ids come in increasing id
-    order: each group is then one run. One read-back decides that and the common size."""
+    order: each group is then one run."""
     if group_ids.dim() != 1:
         raise ValueError(f"group_ids must be 1-D [N], got shape {tuple(group_ids.shape)}")
     if group_ids.is_floating_point() or group_ids.is_complex() or group_ids.dtype == torch.bool:
@@ -183,43 +204,66 @@ def index_groups(group_ids: Tensor) -> GroupIndex:
     n = int(group_ids.numel())
     if n == 0:
         return GroupIndex(num_groups=0, num_rows=0, sizes=torch.zeros(0, dtype=torch.int64), size=1)
-    heads, counts = torch.unique_consecutive(group_ids, return_counts=True)
-    num = int(heads.numel())
-    if num == 1:
-        return GroupIndex(num_groups=1, num_rows=n, sizes=counts, size=n)
-    largest, increasing = torch.stack([counts.amax(), (heads[1:] > heads[:-1]).all()]).tolist()
+    ids = group_ids.detach().cpu().numpy()
+    ends = _run_ends(ids)
+    num = ends.size + 1
+    size = n // num
+    # the runs are equally long exactly when each ends one row before a multiple of n / num
+    equal = size * num == n and not ((ends + 1) % size).any()
+    if equal:
+        heads = ids[::size]
+        in_order = bool((heads[1:] > heads[:-1]).all())
+    else:
+        in_order = bool((ids[ends] < ids[ends + 1]).all())
     order = None
-    if not increasing:
+    if not in_order:
         # some group is split or out of order: sort (stable keeps the rows' relative order)
         order = torch.argsort(group_ids, stable=True)
-        heads, counts = torch.unique_consecutive(group_ids.index_select(0, order), return_counts=True)
-        num = int(heads.numel())
-        largest = int(counts.amax())
-    # the sizes add up to n, so the largest is n / num only when all are equal
-    size = n // num if largest * num == n else None
-    return GroupIndex(num_groups=num, num_rows=n, sizes=counts, order=order, size=size)
+        ends = _run_ends(ids[order.numpy()])
+        num = ends.size + 1
+        size = n // num
+        equal = size * num == n and not ((ends + 1) % size).any()
+    if equal:
+        return GroupIndex(num_groups=num, num_rows=n, sizes=torch.from_numpy(np.full(num, size, dtype=np.int64)),
+                          order=order, size=size)
+    bounds = np.empty(num + 1, dtype=np.int64)
+    bounds[0], bounds[1:-1], bounds[-1] = -1, ends, n - 1
+    return GroupIndex(num_groups=num, num_rows=n, sizes=torch.from_numpy(np.diff(bounds)), order=order)
 
 
-@dataclass(frozen=True, eq=False)
+def _run_ends(ids: np.ndarray) -> np.ndarray:
+    """Positions i where ids[i] != ids[i + 1]: the last row of every run of equal ids but the final one."""
+    return np.flatnonzero(ids[1:] != ids[:-1])
+
+
+class GroupArrays(NamedTuple):
+    """[K, G] float64 statistics as NumPy arrays (the same memory as the tensors)."""
+
+    count: np.ndarray
+    mean: np.ndarray
+    norm: np.ndarray
+
+
+@dataclass(eq=False)
 class GroupStats:
     """Per-group statistics of the columns of x [N, K] (NaN = missing), computed in one pass.
 
     Per-group tensors are [K, G] float64: one row per reward, groups in group-number order
-    (sorted ids). Per-row tensors are `groups.columns`-shaped, in layout order ([K, G, S]
-    for equal groups, else [K, N]; `groups.flat` gives [K, N], `groups.from_layout` on
-    its transpose gives batch order). Constant groups (all valid values equal, or at most
-    one valid value) have mean == their value and exactly zero centered values and sq_dev.
+    (sorted ids); `arrays` holds the same buffers as NumPy arrays. Per-row tensors are
+    `groups.columns`-shaped, in layout order ([K, G, S] for equal groups, else [K, N];
+    `groups.flat` gives [K, N], `groups.from_layout` on its transpose gives batch order).
+    Constant groups (all valid values equal, or at most one valid value) have mean ==
+    their value and exactly zero centered values and sq_dev. Nothing here is modified
+    after construction.
     """
 
     groups: GroupIndex
     values: Tensor  # columns, float64, NaN = missing
     count: Tensor  # number of valid values
-    total: Tensor  # sum of valid values
     mean: Tensor  # 0 where count == 0
-    minimum: Tensor  # +inf where count == 0
-    maximum: Tensor  # -inf where count == 0
-    sq_dev: Tensor  # sum of squared deviations from the group mean
+    norm: Tensor  # 2-norm of the centered values: sqrt of the squared deviations from the mean
     any_missing: bool  # some value is NaN
+    arrays: GroupArrays
     all_finite: bool = False  # True: no value is NaN or infinite (False: some may be)
     common_count: Optional[int] = None  # the count of every group when they are all equal and full
     whole_centered: Optional[Tensor] = None  # `centered`, when it was materialized with the statistics
@@ -228,6 +272,26 @@ class GroupStats:
     def valid(self) -> Tensor:
         """Columns-shaped bool: the value is present."""
         return self.values == self.values
+
+    @cached_property
+    def sq_dev(self) -> Tensor:
+        """[K, G] sum of squared deviations from the group mean."""
+        return self.norm.square()
+
+    @cached_property
+    def total(self) -> Tensor:
+        """[K, G] sum of the valid values."""
+        return self.groups.reduce(torch.where(self.valid, self.values, 0.0), "sum")
+
+    @cached_property
+    def minimum(self) -> Tensor:
+        """[K, G] smallest valid value (+inf where count == 0)."""
+        return self.groups.reduce(torch.where(self.valid, self.values, float("inf")), "amin")
+
+    @cached_property
+    def maximum(self) -> Tensor:
+        """[K, G] largest valid value (-inf where count == 0)."""
+        return self.groups.reduce(torch.where(self.valid, self.values, float("-inf")), "amax")
 
     @cached_property
     def centered(self) -> Tensor:
@@ -252,12 +316,16 @@ class GroupStats:
         """[K, G] groups whose valid values are all equal (including 0 or 1 valid values)."""
         return (self.count <= 1) | (self.minimum == self.maximum)
 
-    def std(self, correction: int) -> Tensor:
-        """[K, G] standard deviation with denominator count - correction; exactly 0 where
-        constant or undefined (count <= correction: sq_dev is 0 there)."""
+    def std_array(self, correction: int) -> np.ndarray:
+        """[K, G] standard deviation with denominator count - correction (a fresh array); exactly 0
+        where constant or undefined (count <= correction: the norm is 0 there)."""
         if self.common_count is not None:  # one divisor for all: a scalar (the same quotients)
-            return (self.sq_dev / float(max(self.common_count - correction, 1))).sqrt_()
-        return (self.sq_dev / (self.count - correction).clamp(min=1.0)).sqrt_()
+            return self.arrays.norm / math.sqrt(max(self.common_count - correction, 1))
+        return self.arrays.norm / np.sqrt(np.maximum(self.arrays.count - correction, 1.0))
+
+    def std(self, correction: int) -> Tensor:
+        """`std_array` as a tensor."""
+        return torch.from_numpy(self.std_array(correction))
 
     # -- leave-one-out pieces (only leave-one-out numerics need them)
 
@@ -299,82 +367,83 @@ def materializes_columns(groups: GroupIndex) -> bool:
 def column_stats(values: Tensor, groups: GroupIndex) -> GroupStats:
     """`group_stats` of values already in the column layout (`groups.columns`).
 
-    Equal groups first reduce the raw values (a group holding a NaN comes out NaN), then
-    redo only the (reward, group) pairs that hold a missing value with the NaN-aware
-    reductions: batches without missing rewards pay for no masking at all (one read-back
-    of the sum of the group sums proves that no value is NaN or infinite). Sums
-    accumulate in float64; in large batches the squared deviations are summed one reward
-    at a time through one scratch buffer (bound by memory traffic, not arithmetic).
+    Equal groups first take the offsets from each group's first value without any mask (a
+    group holding a NaN comes out NaN), then redo only the (reward, group) pairs whose sum
+    is not finite with the NaN-aware moments: batches without missing rewards pay for no
+    masking at all (the sum of the group sums proves that no value is NaN or infinite).
+    Sums accumulate in float64; in large batches the squared deviations are summed one
+    reward at a time through one scratch buffer (bound by memory traffic, not arithmetic).
     """
     if groups.size is None:
         return _masked_stats(values, groups)
-    total = values.sum(-1)
-    minimum = values.amin(-1)
-    maximum = values.amax(-1)
-    all_finite = math.isfinite(float(total.sum()))  # NaN and infinities reach the sum of sums
+    size = groups.size
+    first = values[..., :1]
+    offsets = (values - first).sum(-1)
+    offsets_a = offsets.numpy()
+    all_finite = math.isfinite(offsets_a.sum())  # NaN and infinities reach the sum of sums
+    # mean = first value + mean offset; a constant group's offsets are exact zeros
+    mean_a = np.add(first.numpy()[..., 0], offsets_a / size)
+    count_a = np.full(mean_a.shape, float(size))
     any_missing = False
-    count = torch.full_like(total, float(groups.size))
     if not all_finite:
-        incomplete = torch.isnan(total)
-        any_missing = bool(incomplete.any())
-    if any_missing:
-        pairs = incomplete.flatten().nonzero().flatten()
-        if 4 * pairs.numel() > incomplete.numel():  # most pairs: one masked pass beats gather + scatter
-            count, total, minimum, maximum = _masked_reductions(values)
+        pairs = torch.from_numpy(np.flatnonzero(~np.isfinite(offsets_a)))
+        rows = values.reshape(-1, size)
+        if 4 * pairs.numel() > mean_a.size:  # most pairs: one masked pass beats gather + scatter
+            count, mean = _masked_moments(rows)
+            count_a, mean_a = count.view(mean_a.shape).numpy(), mean.view(mean_a.shape).numpy()
         else:
-            parts = _masked_reductions(values.reshape(-1, groups.size)[pairs])
-            for whole, part in zip((count, total, minimum, maximum), parts):
-                whole.view(-1)[pairs] = part
-        divisor = count.clamp(min=1.0)
-    else:
-        divisor = float(groups.size)  # equals dividing by the full count tensor, bit for bit
-    # constant groups (incl. a single value) take their exact value as the mean; no values -> 0
-    mean = torch.where(minimum == maximum, minimum, total / divisor)
+            count, mean = _masked_moments(rows[pairs])
+            count_a.reshape(-1)[pairs.numpy()] = count.numpy()
+            mean_a.reshape(-1)[pairs.numpy()] = mean.numpy()
+        any_missing = bool((count_a < size).any())
+    mean = torch.from_numpy(mean_a)
     centered = None
     if materializes_columns(groups):
-        centered = values - mean.unsqueeze(-1)
+        centered = values - torch.from_numpy(mean_a[..., None])
         if any_missing:
             centered.nan_to_num_(0.0)
-        sq_dev = torch.linalg.vector_norm(centered, dim=-1).square_()
+        norm = torch.linalg.vector_norm(centered, dim=-1)
     else:
-        sq_dev = torch.empty_like(total)
-    stats = GroupStats(groups=groups, values=values, count=count, total=total, mean=mean, minimum=minimum,
-                       maximum=maximum, sq_dev=sq_dev, any_missing=any_missing, all_finite=all_finite,
-                       common_count=None if any_missing else groups.size, whole_centered=centered)
+        norm = torch.empty_like(mean)
+    stats = GroupStats(groups=groups, values=values, count=torch.from_numpy(count_a), mean=mean, norm=norm,
+                       any_missing=any_missing, arrays=GroupArrays(count_a, mean_a, norm.numpy()),
+                       all_finite=all_finite, common_count=None if any_missing else size,
+                       whole_centered=centered)
     if centered is None:
         scratch = torch.empty(values.shape[1:], dtype=torch.float64)
         for k in range(values.shape[0]):
-            torch.linalg.vector_norm(stats.centered_column(k, scratch), dim=-1, out=sq_dev[k])
-        sq_dev.square_()
+            torch.linalg.vector_norm(stats.centered_column(k, scratch), dim=-1, out=norm[k])
     return stats
 
 
-def _masked_reductions(table: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """count, sum, min, max over the last dimension, leaving NaN out (float64).
-
-    One scratch tensor serves both extremes (NaN replaced by +inf, then by -inf; real
-    infinities are kept so that the caller can reject them)."""
-    inf = float("inf")
-    count = (table == table).sum(-1, dtype=torch.float64)
-    filled = torch.nan_to_num(table, nan=inf, posinf=inf, neginf=-inf)
-    minimum = filled.amin(-1)
-    maximum = torch.nan_to_num(table, nan=-inf, posinf=inf, neginf=-inf, out=filled).amax(-1)
-    return count, table.nansum(-1), minimum, maximum
+def _masked_moments(rows: Tensor) -> tuple[Tensor, Tensor]:
+    """Count and mean of the valid values over the last dimension (float64; NaN = missing,
+    mean 0 without any): the first valid value plus the mean offset from it, the
+    arithmetic of the unmasked path where every value is valid."""
+    valid = rows == rows
+    count = valid.sum(-1, dtype=torch.float64)
+    shift = rows.gather(-1, valid.to(torch.uint8).argmax(-1, keepdim=True))  # a NaN where nothing is valid
+    offsets = torch.where(valid, rows - shift, 0.0).sum(-1)
+    mean = torch.where(count > 0, shift.squeeze(-1) + offsets / count.clamp(min=1.0), 0.0)
+    return count, mean
 
 
 def _masked_stats(values: Tensor, groups: GroupIndex) -> GroupStats:
-    """`column_stats` of unequal groups: NaN-aware reductions over padded blocks. Given equal
-    groups (one block) it computes what `column_stats` does, bit for bit."""
+    """`column_stats` of unequal groups: NaN-aware moments over padded blocks (pads are NaN).
+    Given equal groups (one block) it computes what `column_stats` does, bit for bit."""
+    shape = (values.shape[0], groups.num_groups)
+    count, mean = values.new_empty(shape), values.new_empty(shape)
+    padded = torch.cat([values, values.new_full((values.shape[0], 1), float("nan"))], dim=1)
+    for block in groups._blocks:
+        count[:, block.groups], mean[:, block.groups] = _masked_moments(padded[:, block.rows])
     valid = values == values
-    count = groups.reduce(valid, "sum")
-    total = groups.reduce(torch.where(valid, values, 0.0), "sum")
-    minimum = groups.reduce(torch.where(valid, values, float("inf")), "amin")
-    maximum = groups.reduce(torch.where(valid, values, float("-inf")), "amax")
-    mean = torch.where(minimum == maximum, minimum, total / count.clamp(min=1.0))
     centered = torch.where(valid, values - groups.per_row(mean), 0.0)
-    sq_dev = groups.reduce(centered, "sqnorm")
-    return GroupStats(groups=groups, values=values, count=count, total=total, mean=mean, minimum=minimum,
-                      maximum=maximum, sq_dev=sq_dev, any_missing=not bool(valid.all()), whole_centered=centered)
+    norm = groups.reduce(centered, "norm")
+    stats = GroupStats(groups=groups, values=values, count=count, mean=mean, norm=norm,
+                       any_missing=not bool(valid.all()), arrays=GroupArrays(count.numpy(), mean.numpy(), norm.numpy()),
+                       whole_centered=centered)
+    stats.valid = valid
+    return stats
 
 
 def leave_one_out_centered(stats: GroupStats) -> Tensor:
