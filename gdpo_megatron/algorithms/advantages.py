@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -29,8 +29,7 @@ from torch import Tensor
 from gdpo_megatron.config.algorithm import AlgorithmConfig, RewardSpec
 from gdpo_megatron.registry import Registry
 
-from .segments import (GroupStats, column_stats, index_groups, leave_one_out_centered, leave_one_out_std,
-                       materializes_columns)
+from .segments import GroupStats, column_stats, group_stats, index_groups, leave_one_out_centered, leave_one_out_std
 
 RESOLUTION_DECIMALS = 6  # advantages equal to 1e-6 count as one value in `adv/resolution_mean`
 
@@ -137,22 +136,26 @@ def _resolve(estimator_name: str, preset: str, explicit: tuple[object, ...]) -> 
 
 # ----------------------------------------------------------------------------- group normalization
 
-def _reciprocal_scale(scale: np.ndarray, numerics: AdvantageNumerics) -> np.ndarray:
-    """1 / (scale + eps) where the division happens, else 1 (a fresh array)."""
+def _reciprocal_scale(scale: np.ndarray, numerics: AdvantageNumerics,
+                      numerator: Union[float, np.ndarray] = 1.0) -> np.ndarray:
+    """numerator / (scale + eps) where the division happens, else the numerator (a fresh array)."""
     denominator = scale + numerics.group_eps
     if numerics.eps_mode == "add" and numerics.group_eps > 0:  # the denominator is positive everywhere
-        return np.reciprocal(denominator, out=denominator)
+        return np.divide(numerator, denominator, out=denominator)
     # where_positive divides only where std > 0; with add and eps = 0 a zero std is left
     # undivided too (the centered value is then 0 or, leave-one-out, the plain difference).
     divide = (scale > 0) if numerics.eps_mode == "where_positive" else (denominator > 0)
-    return 1.0 / np.where(divide, denominator, 1.0)
+    return np.divide(numerator, np.where(divide, denominator, 1.0))
 
 
-def _group_factor(stats: GroupStats, numerics: AdvantageNumerics) -> Optional[np.ndarray]:
-    """[K, G] 1 / (std + eps) of the per-group numerics (a fresh array); None without a std division."""
+def _group_factor(stats: GroupStats, numerics: AdvantageNumerics,
+                  numerator: Union[float, np.ndarray] = 1.0) -> Optional[np.ndarray]:
+    """[K, G] numerator / (std + eps) of the per-group numerics (a fresh array); None without a
+    std division."""
     if numerics.group_std == "none":
         return None
-    return _reciprocal_scale(stats.std_array(correction=1 if numerics.group_std == "unbiased" else 0), numerics)
+    scale = stats.std_array(correction=1 if numerics.group_std == "unbiased" else 0)
+    return _reciprocal_scale(scale, numerics, numerator)
 
 
 def _centered_and_factor(stats: GroupStats, numerics: AdvantageNumerics) -> tuple[Tensor, Optional[Tensor], bool]:
@@ -208,26 +211,19 @@ def normalize_in_groups(stats: GroupStats, numerics: AdvantageNumerics, weights:
 
 def weighted_normalized_sum(stats: GroupStats, numerics: AdvantageNumerics, weights: Tensor) -> Tensor:
     """[N] (layout order) sum_k w_k * normalized_k: `normalize_in_groups(...).sum(0)`, but
-    with per-group scaling the weight folds into the per-group factor, and large batches
-    accumulate reward by reward into one buffer instead of materializing the scaled [K, N]
-    columns (they are bound by memory traffic)."""
+    with per-group scaling the weight folds into the per-group factor and one contraction
+    over the rewards produces the sum without materializing the scaled [K, N] columns."""
     if numerics.group_baseline == "leave_one_out" or _lone_rollouts(stats, numerics) is not None:
         return stats.groups.flat(normalize_in_groups(stats, numerics, weights)).sum(0)
     groups = stats.groups
     column_weight = weights.numpy()[:, None]
-    factor = _group_factor(stats, numerics)
+    factor = _group_factor(stats, numerics, column_weight)  # w_k / (std + eps)
     if factor is None:
         factor = np.repeat(column_weight, groups.num_groups, axis=1)
-    else:
-        np.multiply(factor, column_weight, out=factor)
-    factor = groups.per_row(torch.from_numpy(factor))  # [K, G]
-    if materializes_columns(groups):
-        return groups.flat(stats.centered.mul(factor)).sum(0)
-    scratch = torch.empty(stats.values.shape[1:], dtype=torch.float64)
-    total = stats.centered_column(0, torch.empty_like(scratch)).mul_(factor[0])
-    for k in range(1, stats.values.shape[0]):
-        total.addcmul_(stats.centered_column(k, scratch), factor[k])
-    return total.reshape(-1)
+    centered = stats.arrays.centered
+    if groups.size is not None:
+        return torch.from_numpy(np.einsum("kgs,kg->gs", centered, factor).reshape(-1))
+    return torch.from_numpy(np.einsum("kn,kn->n", centered, factor[:, groups.layout_inverse.numpy()]))
 
 
 def _weighted_sum(columns: Tensor, weights: Tensor) -> Tensor:
@@ -324,6 +320,24 @@ def apply_reward_conditions(rewards: Tensor, specs: Sequence[RewardSpec]) -> Ten
 
 # ----------------------------------------------------------------------------- batch normalization
 
+_BLAS_DOT_MAX = 8192  # longer dot products run without BLAS, which would start threads on a shared machine
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """sum(a * b) of two [N] float64 arrays (one pass either way; each N always takes the same one)."""
+    return float(a @ b) if a.size <= _BLAS_DOT_MAX else float(np.einsum("i,i->", a, b))
+
+
+@dataclass
+class ScoreSummary:
+    """Extremes and moments of [N] scores, when the step that produced them knows them."""
+
+    minimum: float
+    maximum: float
+    mean: float
+    std: float  # unbiased
+
+
 def normalize_batch(scores: Tensor, row_weight: Optional[Tensor], mode: str, eps: float) -> Tensor:
     """Whiten scores [N] in place with statistics weighted by row_weight [N] (0 = excluded; None = all 1).
 
@@ -335,23 +349,36 @@ def normalize_batch(scores: Tensor, row_weight: Optional[Tensor], mode: str, eps
     """
     if scores.numel() == 0:
         return scores
-    values = scores.numpy()  # the extremes and sums of [N] cost a third in NumPy; dot products stay in torch
+    whitened, _ = whiten(scores.numpy(), None if row_weight is None else row_weight.numpy(), mode, eps)
+    return torch.from_numpy(whitened)
+
+
+def whiten(values: np.ndarray, row_weight: Optional[np.ndarray], mode: str,
+           eps: float) -> tuple[np.ndarray, Optional[ScoreSummary]]:
+    """`normalize_batch` of float64 arrays (in place where it can), plus the summary of the
+    result when every row counts (row_weight None).
+
+    The result is (x - mean) * scale element by element, a non-decreasing map, so its
+    extremes are those of the input mapped the same way (the same IEEE operations on
+    Python floats: equal bit for bit); its mean is 0 and its std the input's times scale,
+    up to rounding. The diagnostics take them from here instead of another pass."""
+    if values.size == 0:
+        return values, None
     if row_weight is None:
         n = float(values.size)
         lo, hi, weighted_sum = float(values.min()), float(values.max()), float(values.sum())
     else:
-        included = row_weight.numpy() > 0
+        included = row_weight > 0
         lo = float(values.min(initial=math.inf, where=included))
         hi = float(values.max(initial=-math.inf, where=included))
-        n, weighted_sum = float(row_weight.sum()), float(torch.dot(row_weight, scores))
+        n, weighted_sum = float(row_weight.sum()), _dot(row_weight, values)
     if lo > hi:  # nothing included
-        return torch.zeros_like(scores)
+        return np.zeros_like(values), None
     if lo == hi:
-        return scores - lo
-    np.subtract(values, weighted_sum / n, out=values)  # the estimator's own buffer: no second [N] allocation
-    centered = scores
-    weighted = centered if row_weight is None else row_weight * centered
-    var = float(torch.dot(weighted, centered)) / (n - 1.0) if n > 1.0 else 0.0
+        return values - lo, ScoreSummary(0.0, 0.0, 0.0, 0.0) if row_weight is None else None
+    mean = weighted_sum / n
+    np.subtract(values, mean, out=values)  # the estimator's own buffer: no second [N] allocation
+    var = _dot(values if row_weight is None else row_weight * values, values) / (n - 1.0) if n > 1.0 else 0.0
     std = math.sqrt(var)
     if mode == "add":
         scale = 1.0 / (std + eps) if std + eps > 0.0 else None
@@ -361,9 +388,15 @@ def normalize_batch(scores: Tensor, row_weight: Optional[Tensor], mode: str, eps
         scale = 1.0 / math.sqrt(var + eps) if var + eps > 0.0 else None
     else:
         raise ValueError(f"unknown batch_eps_mode {mode!r}")
+    if row_weight is not None:
+        summary = None
+    elif scale is None:
+        summary = ScoreSummary(lo - mean, hi - mean, 0.0, std)
+    else:
+        summary = ScoreSummary((lo - mean) * scale, (hi - mean) * scale, 0.0, std * scale)
     if scale is not None:
         np.multiply(values, scale, out=values)
-    return centered
+    return values, summary
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -429,35 +462,37 @@ def compute_advantages(rewards: Tensor, group_ids: Tensor, algorithm: AlgorithmC
         _check_finite(raw, names)
         conditioned = apply_reward_conditions(raw, algorithm.rewards)
     groups = index_groups(_cpu(group_ids))
-    stats = column_stats(groups.columns(conditioned), groups)
+    stats = group_stats(conditioned, groups)
     if not stats.all_finite and bool(((stats.maximum == float("inf")) | (stats.minimum == float("-inf"))).any()):
         _check_finite(raw, names)
 
     # everything below runs in the layout order of `groups`; the result goes back at the end
     group_scores = ESTIMATORS.get(numerics.estimator).compute(stats, weights, numerics)
-    has_reward = groups.flat(stats.valid).any(dim=0) if stats.any_missing else None
-    num_with_reward = groups.num_rows if has_reward is None else int(has_reward.sum())
+    # NumPy from here: the batch step and the diagnostics are a few calls on [N] arrays
+    scores = group_scores.scores.numpy()
+    has_reward = groups.flat(stats.valid).any(dim=0).numpy() if stats.any_missing else None
+    num_with_reward = groups.num_rows if has_reward is None else int(np.count_nonzero(has_reward))
     all_rewarded = num_with_reward == groups.num_rows
-    scores = group_scores.scores
     if not all_rewarded:
-        scores = torch.where(has_reward, scores, 0.0)
+        scores = np.where(has_reward, scores, 0.0)
 
     mask = None if response_mask is None else _cpu(response_mask).to(torch.float64)
+    summary = None
     if numerics.batch_norm == "sample":
-        weight = None if all_rewarded else has_reward.to(torch.float64)
-        scores = normalize_batch(scores, weight, numerics.batch_eps_mode, numerics.batch_eps)
+        weight = None if all_rewarded else has_reward.astype(np.float64)
+        scores, summary = whiten(scores, weight, numerics.batch_eps_mode, numerics.batch_eps)
     elif numerics.batch_norm == "token":
-        lengths = groups.to_layout(mask.sum(dim=1))
+        lengths = groups.to_layout(mask.sum(dim=1)).numpy()
         lengths = lengths if all_rewarded else lengths * has_reward
-        scores = normalize_batch(scores, lengths, numerics.batch_eps_mode, numerics.batch_eps)
-    final = scores if all_rewarded else torch.where(has_reward, scores, 0.0)
-    diagnostics = advantage_diagnostics(raw, stats, final, num_with_reward, algorithm.rewards, names)
+        scores, _ = whiten(scores, lengths, numerics.batch_eps_mode, numerics.batch_eps)
+    final = scores if all_rewarded else np.where(has_reward, scores, 0.0)
+    diagnostics = advantage_diagnostics(raw, stats, final, num_with_reward, algorithm.rewards, names, summary)
     if not (math.isfinite(diagnostics["adv/min"]) and math.isfinite(diagnostics["adv/max"])):
         raise FloatingPointError(f"non-finite advantage produced with {numerics.as_dict()}")  # a bug: fail loudly
     if group_scores.gpg_alpha is not None:
         diagnostics["adv/gpg_alpha"] = group_scores.gpg_alpha
 
-    advantages = groups.from_layout(torch.from_numpy(final.numpy().astype(np.float32)))
+    advantages = groups.from_layout(torch.from_numpy(final.astype(np.float32)))
     token_advantages = None
     if mask is not None:
         token_advantages = advantages.unsqueeze(1) * mask.to(torch.float32)
@@ -466,14 +501,22 @@ def compute_advantages(rewards: Tensor, group_ids: Tensor, algorithm: AlgorithmC
 
 # ----------------------------------------------------------------------------- diagnostics
 
-def advantage_diagnostics(raw: Tensor, stats: GroupStats, final: Tensor, num_with_reward: int,
-                          specs: Sequence[RewardSpec], names: list[str]) -> dict[str, float]:
+@functools.lru_cache(maxsize=64)
+def _reward_keys(names: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    return tuple(tuple(f"reward/{name}/{stat}" for name in names)
+                 for stat in ("std", "missing_frac", "zero_var_group_frac"))
+
+
+def advantage_diagnostics(raw: Tensor, stats: GroupStats, final: Union[Tensor, np.ndarray], num_with_reward: int,
+                          specs: Sequence[RewardSpec], names: list[str],
+                          summary: Optional[ScoreSummary] = None) -> dict[str, float]:
     """Flat, log-ready statistics of one batch (keys in docs/advantages.md).
 
     Reward statistics come from the per-group statistics already computed for the
-    estimator; `final` [N] float64 is in the layout order of the groups. The arithmetic on
-    these small arrays runs in NumPy: every per-reward sum over the groups is one reduction
-    of one stacked array, the rest is arithmetic on K numbers.
+    estimator; `final` [N] float64 is in the layout order of the groups, `summary` its
+    extremes and moments when the batch step knows them. The arithmetic on these small
+    arrays runs in NumPy: every per-reward sum over the groups is one reduction of one
+    array, the rest is arithmetic on K numbers.
     """
     groups = stats.groups
     n = groups.num_rows
@@ -488,47 +531,50 @@ def advantage_diagnostics(raw: Tensor, stats: GroupStats, final: Tensor, num_wit
         out["groups/count"] = 0.0
         out["groups/size_mean"] = 0.0
         return out
-    count, mean, norm = stats.arrays
+    _, count, mean, sq_dev, _ = stats.arrays
     # pooled over the batch: the groups' squared deviations plus their count-weighted squared
-    # offsets from the pooled mean, taken around one group's mean (exact zeros when every
+    # offsets d from the pooled mean, taken around one group's mean (exact zeros when every
     # value is equal) as sum count * d^2 - (sum count * d)^2 / present
-    if stats.common_count is not None:
-        reference = mean[:, :1]
-        weighted = np.subtract(mean, reference) * float(stats.common_count)
-        with_values = None
+    full = stats.common_count is not None  # every group holds all its values
+    parts = np.empty((4 if full else 7, k, groups.num_groups))
+    offset, between = parts[2], parts[1]
+    np.copyto(parts[0], sq_dev)
+    np.equal(sq_dev, 0.0, out=parts[3])  # constant groups: their deviations are exact zeros
+    if full:
+        np.subtract(mean, mean[:, :1], out=offset)
+        np.multiply(offset, offset, out=between)
+        squares, between, offsets, zero_var = parts.sum(-1).tolist()
+        size = float(stats.common_count)
+        between = [size * b for b in between]
+        offsets = [size * o for o in offsets]
+        present, groups_with_values = [float(n)] * k, [float(groups.num_groups)] * k
     else:
-        with_values = count >= 1
-        reference = np.take_along_axis(mean, with_values.argmax(1)[:, None], 1)
-        weighted = np.subtract(mean, reference) * count
-    parts = [norm * norm, weighted * (mean - reference), weighted, norm == 0]
-    if with_values is not None:
-        parts += [count, with_values, with_values & (norm == 0)]
-    sums = np.stack(parts).sum(-1).tolist()
-    squares, between, offsets, constant = sums[:4]
-    if with_values is None:
-        present, groups_with_values, zero_var = [float(n)] * k, [float(groups.num_groups)] * k, constant
-    else:
-        present, groups_with_values, zero_var = sums[4:]
-    stds, missing, zero_vars = [], [], []
-    for col in range(k):
-        spread = squares[col] + max(between[col] - offsets[col] * offsets[col] / max(present[col], 1.0), 0.0)
-        stds.append(math.sqrt(spread / (present[col] - 1.0)) if present[col] >= 2.0 else 0.0)
-        missing.append(1.0 - present[col] / n)
-        zero_vars.append(zero_var[col] / max(groups_with_values[col], 1.0))
-    for values, stat in ((stds, "std"), (missing, "missing_frac"), (zero_vars, "zero_var_group_frac")):
-        for name, value in zip(names, values):
-            out[f"reward/{name}/{stat}"] = value
+        with_values = np.greater_equal(count, 1.0, out=parts[5])
+        np.subtract(mean, np.take_along_axis(mean, with_values.argmax(1)[:, None], 1), out=offset)
+        np.multiply(offset, count, out=offset)
+        np.multiply(offset, mean - np.take_along_axis(mean, with_values.argmax(1)[:, None], 1), out=between)
+        np.copyto(parts[4], count)
+        np.multiply(parts[3], with_values, out=parts[6])
+        squares, between, offsets, _, present, groups_with_values, zero_var = parts.sum(-1).tolist()
+    stds = [math.sqrt((squares[col] + max(between[col] - offsets[col] * offsets[col] / max(present[col], 1.0), 0.0))
+                      / (present[col] - 1.0)) if present[col] >= 2.0 else 0.0 for col in range(k)]
+    std_keys, missing_keys, zero_var_keys = _reward_keys(tuple(names))
+    out.update(zip(std_keys, stds))
+    out.update(zip(missing_keys, [1.0 - p / n for p in present]))
+    out.update(zip(zero_var_keys, [z / max(w, 1.0) for z, w in zip(zero_var, groups_with_values)]))
     for spec in specs:
         if spec.condition is not None:
             gate = raw[:, names.index(spec.condition.reward)]
             opened = float((gate >= spec.condition.threshold).sum()) / max(float((gate == gate).sum()), 1.0)
             out[f"reward/{spec.name}/gate_open_frac"] = opened
-    adv = final.numpy()
-    adv_min, adv_max = float(adv.min()), float(adv.max())
-    adv_mean = float(adv.sum()) / n
-    squares = float(torch.dot(final, final))
-    # advantages are centered within their groups, so the one-pass variance loses no digits
-    adv_std = math.sqrt(max(squares - n * adv_mean * adv_mean, 0.0) / (n - 1)) if n > 1 else 0.0
+    adv = final if isinstance(final, np.ndarray) else final.numpy()
+    if summary is None:
+        adv_min, adv_max = float(adv.min()), float(adv.max())
+        adv_mean = float(adv.sum()) / n
+        # advantages are centered within their groups, so the one-pass variance loses no digits
+        adv_std = math.sqrt(max(_dot(adv, adv) - n * adv_mean * adv_mean, 0.0) / (n - 1)) if n > 1 else 0.0
+    else:
+        adv_min, adv_max, adv_mean, adv_std = summary.minimum, summary.maximum, summary.mean, summary.std
     out.update({"adv/mean": adv_mean, "adv/std": adv_std, "adv/min": adv_min, "adv/max": adv_max,
                 "adv/zero_frac": (n - np.count_nonzero(adv)) / n, "adv/all_missing_frac": 1.0 - num_with_reward / n})
     # advantages equal to RESOLUTION_DECIMALS decimals count as one value

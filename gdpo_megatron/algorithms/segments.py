@@ -47,7 +47,6 @@ import torch
 from torch import Tensor
 
 _EXACT_SIZE_BLOCKS = 8  # up to this many distinct group sizes, each size gets its own block
-WHOLE_COLUMNS_MAX_ROWS = 1 << 15  # up to this many rows, per-row work runs on all K columns at once
 _NUMPY_FLOATS = (torch.float32, torch.float64)
 
 
@@ -104,14 +103,18 @@ class GroupIndex:
 
         One copy does the transpose and the conversion (mixed float32/float64 arithmetic
         later would convert again inside every operation)."""
-        if self.order is None and x.dtype in _NUMPY_FLOATS and x.device.type == "cpu" and not x.requires_grad:
-            cols = torch.from_numpy(x.numpy().T.astype(np.float64, order="C"))
+        return torch.from_numpy(self.column_table(x))
+
+    def column_table(self, x: Tensor) -> np.ndarray:
+        """`columns` as a NumPy array (C-contiguous)."""
+        if self.order is None and x.is_cpu and not x.requires_grad and x.dtype in _NUMPY_FLOATS:
+            table = x.numpy().T.astype(np.float64, order="C")
         else:
-            cols = x.t()
+            cols = x.detach().cpu().t()
             if self.order is not None:
                 cols = cols.index_select(1, self.order)
-            cols = cols.to(torch.float64, memory_format=torch.contiguous_format)
-        return cols.view(cols.shape[0], self.num_groups, self.size) if self.size is not None else cols
+            table = cols.to(torch.float64, memory_format=torch.contiguous_format).numpy()
+        return table.reshape(table.shape[0], self.num_groups, self.size) if self.size is not None else table
 
     def flat(self, y: Tensor) -> Tensor:
         """`columns`-shaped -> [K, N] (layout order)."""
@@ -145,11 +148,11 @@ class GroupIndex:
         return blocks
 
     def reduce(self, values: Tensor, how: str) -> Tensor:
-        """Per-group sum / norm (the 2-norm) / amin / amax of `columns`-shaped values -> [K, G];
-        missing values must already be the operation's identity (0, 0, +inf, -inf). Sums are float64."""
+        """Per-group sum / amin / amax of `columns`-shaped values -> [K, G]; missing values must
+        already be the operation's identity (0, +inf, -inf). Sums are float64."""
         if self.size is not None:
             return _reduce_rows(values, how)
-        fill = {"sum": 0, "norm": 0, "amin": float("inf"), "amax": float("-inf")}[how]
+        fill = {"sum": 0, "amin": float("inf"), "amax": float("-inf")}[how]
         padded = torch.cat([values, values.new_full((values.shape[0], 1), fill)], dim=1)
         out = None
         for block in self._blocks:
@@ -187,8 +190,6 @@ def _reduce_rows(table: Tensor, how: str) -> Tensor:
     """[K, G, S] -> [K, G] over the rows of each group (a sum always accumulates in float64)."""
     if how == "sum":
         return table.sum(-1, dtype=torch.float64)
-    if how == "norm":  # the fused 2-norm: what `column_stats` computes for equal groups
-        return torch.linalg.vector_norm(table, dim=-1)
     return table.amin(-1) if how == "amin" else table.amax(-1)
 
 
@@ -204,31 +205,36 @@ def index_groups(group_ids: Tensor) -> GroupIndex:
     n = int(group_ids.numel())
     if n == 0:
         return GroupIndex(num_groups=0, num_rows=0, sizes=torch.zeros(0, dtype=torch.int64), size=1)
-    ids = group_ids.detach().cpu().numpy()
-    ends = _run_ends(ids)
-    num = ends.size + 1
+    ids = (group_ids if group_ids.is_cpu and not group_ids.requires_grad else group_ids.detach().cpu()).numpy()
+    changes = ids[1:] != ids[:-1]
+    num = int(np.count_nonzero(changes)) + 1
     size = n // num
-    # the runs are equally long exactly when each ends one row before a multiple of n / num
-    equal = size * num == n and not ((ends + 1) % size).any()
-    if equal:
+    # num runs, num - 1 of them ending one row before a multiple of n / num: equally long runs
+    if size * num == n and changes[size - 1::size].all():
         heads = ids[::size]
-        in_order = bool((heads[1:] > heads[:-1]).all())
+        if bool((heads[1:] > heads[:-1]).all()):  # one run per group, in id order: the layout already
+            return GroupIndex(num_groups=num, num_rows=n, sizes=_equal_sizes(num, size), size=size)
+        ends = None
     else:
-        in_order = bool((ids[ends] < ids[ends + 1]).all())
+        ends = np.flatnonzero(changes)
     order = None
-    if not in_order:
+    if ends is None or not bool((ids[ends] < ids[ends + 1]).all()):
         # some group is split or out of order: sort (stable keeps the rows' relative order)
         order = torch.argsort(group_ids, stable=True)
         ends = _run_ends(ids[order.numpy()])
-        num = ends.size + 1
-        size = n // num
-        equal = size * num == n and not ((ends + 1) % size).any()
-    if equal:
-        return GroupIndex(num_groups=num, num_rows=n, sizes=torch.from_numpy(np.full(num, size, dtype=np.int64)),
-                          order=order, size=size)
+    num = ends.size + 1
+    size = n // num
+    if size * num == n and not ((ends + 1) % size).any():
+        return GroupIndex(num_groups=num, num_rows=n, sizes=_equal_sizes(num, size), order=order, size=size)
     bounds = np.empty(num + 1, dtype=np.int64)
     bounds[0], bounds[1:-1], bounds[-1] = -1, ends, n - 1
     return GroupIndex(num_groups=num, num_rows=n, sizes=torch.from_numpy(np.diff(bounds)), order=order)
+
+
+def _equal_sizes(num: int, size: int) -> Tensor:
+    sizes = np.empty(num, dtype=np.int64)
+    sizes.fill(size)
+    return torch.from_numpy(sizes)
 
 
 def _run_ends(ids: np.ndarray) -> np.ndarray:
@@ -237,11 +243,13 @@ def _run_ends(ids: np.ndarray) -> np.ndarray:
 
 
 class GroupArrays(NamedTuple):
-    """[K, G] float64 statistics as NumPy arrays (the same memory as the tensors)."""
+    """The statistics as NumPy arrays, the tensors of `GroupStats` are views of them."""
 
-    count: np.ndarray
-    mean: np.ndarray
-    norm: np.ndarray
+    values: np.ndarray  # columns-shaped
+    count: np.ndarray  # [K, G]
+    mean: np.ndarray  # [K, G]
+    sq_dev: np.ndarray  # [K, G]
+    centered: np.ndarray  # columns-shaped
 
 
 @dataclass(eq=False)
@@ -249,34 +257,49 @@ class GroupStats:
     """Per-group statistics of the columns of x [N, K] (NaN = missing), computed in one pass.
 
     Per-group tensors are [K, G] float64: one row per reward, groups in group-number order
-    (sorted ids); `arrays` holds the same buffers as NumPy arrays. Per-row tensors are
-    `groups.columns`-shaped, in layout order ([K, G, S] for equal groups, else [K, N];
-    `groups.flat` gives [K, N], `groups.from_layout` on its transpose gives batch order).
-    Constant groups (all valid values equal, or at most one valid value) have mean ==
-    their value and exactly zero centered values and sq_dev. Nothing here is modified
-    after construction.
+    (sorted ids). Per-row tensors are `groups.columns`-shaped, in layout order ([K, G, S]
+    for equal groups, else [K, N]; `groups.flat` gives [K, N], `groups.from_layout` on
+    its transpose gives batch order). Constant groups (all valid values equal, or at most
+    one valid value) have mean == their value and exactly zero centered values and sq_dev.
+    The statistics live in `arrays`; each tensor is a view made on first use. Nothing here
+    is modified after construction.
     """
 
     groups: GroupIndex
-    values: Tensor  # columns, float64, NaN = missing
-    count: Tensor  # number of valid values
-    mean: Tensor  # 0 where count == 0
-    norm: Tensor  # 2-norm of the centered values: sqrt of the squared deviations from the mean
-    any_missing: bool  # some value is NaN
     arrays: GroupArrays
+    any_missing: bool  # some value is NaN
     all_finite: bool = False  # True: no value is NaN or infinite (False: some may be)
     common_count: Optional[int] = None  # the count of every group when they are all equal and full
-    whole_centered: Optional[Tensor] = None  # `centered`, when it was materialized with the statistics
+
+    @cached_property
+    def values(self) -> Tensor:
+        """Columns-shaped float64, NaN = missing."""
+        return torch.from_numpy(self.arrays.values)
+
+    @cached_property
+    def count(self) -> Tensor:
+        """[K, G] number of valid values."""
+        return torch.from_numpy(self.arrays.count)
+
+    @cached_property
+    def mean(self) -> Tensor:
+        """[K, G] mean of the valid values, 0 where count == 0."""
+        return torch.from_numpy(self.arrays.mean)
+
+    @cached_property
+    def sq_dev(self) -> Tensor:
+        """[K, G] sum of squared deviations from the group mean (0 in constant groups)."""
+        return torch.from_numpy(self.arrays.sq_dev)
+
+    @cached_property
+    def centered(self) -> Tensor:
+        """Columns-shaped float64: value - group mean, exactly 0 in constant groups and where missing."""
+        return torch.from_numpy(self.arrays.centered)
 
     @cached_property
     def valid(self) -> Tensor:
         """Columns-shaped bool: the value is present."""
         return self.values == self.values
-
-    @cached_property
-    def sq_dev(self) -> Tensor:
-        """[K, G] sum of squared deviations from the group mean."""
-        return self.norm.square()
 
     @cached_property
     def total(self) -> Tensor:
@@ -293,24 +316,6 @@ class GroupStats:
         """[K, G] largest valid value (-inf where count == 0)."""
         return self.groups.reduce(torch.where(self.valid, self.values, float("-inf")), "amax")
 
-    @cached_property
-    def centered(self) -> Tensor:
-        """Columns-shaped float64: value - group mean, exactly 0 in constant groups and where missing."""
-        if self.whole_centered is not None:
-            return self.whole_centered
-        centered = self.values - self._mean_rows
-        return centered.nan_to_num_(0.0) if self.any_missing else centered
-
-    @cached_property
-    def _mean_rows(self) -> Tensor:
-        return self.groups.per_row(self.mean)
-
-    def centered_column(self, k: int, out: Tensor) -> Tensor:
-        """Reward k's centered values written into `out` (float64, shaped like `values[k]`),
-        without materializing every column."""
-        torch.sub(self.values[k], self._mean_rows[k], out=out)
-        return out.nan_to_num_(0.0) if self.any_missing else out
-
     @property
     def constant(self) -> Tensor:
         """[K, G] groups whose valid values are all equal (including 0 or 1 valid values)."""
@@ -318,10 +323,12 @@ class GroupStats:
 
     def std_array(self, correction: int) -> np.ndarray:
         """[K, G] standard deviation with denominator count - correction (a fresh array); exactly 0
-        where constant or undefined (count <= correction: the norm is 0 there)."""
+        where constant or undefined (count <= correction: sq_dev is 0 there)."""
         if self.common_count is not None:  # one divisor for all: a scalar (the same quotients)
-            return self.arrays.norm / math.sqrt(max(self.common_count - correction, 1))
-        return self.arrays.norm / np.sqrt(np.maximum(self.arrays.count - correction, 1.0))
+            variance = self.arrays.sq_dev / float(max(self.common_count - correction, 1))
+        else:
+            variance = self.arrays.sq_dev / np.maximum(self.arrays.count - correction, 1.0)
+        return np.sqrt(variance, out=variance)
 
     def std(self, correction: int) -> Tensor:
         """`std_array` as a tensor."""
@@ -353,96 +360,99 @@ class GroupStats:
 
 def group_stats(x: Tensor, groups: GroupIndex) -> GroupStats:
     """NaN-aware per-group statistics of the columns of x [N, K] (any float dtype, batch order)."""
-    return column_stats(groups.columns(x), groups)
-
-
-def materializes_columns(groups: GroupIndex) -> bool:
-    """Whether the per-row work keeps whole [K, ...] temporaries (small batches: fewer calls)
-    or goes one reward column at a time (large batches are bound by first-touch page faults
-    of fresh [K, N] buffers). Depends on the batch size only, so every layout of a batch
-    takes the same arithmetic."""
-    return groups.num_rows <= WHOLE_COLUMNS_MAX_ROWS
+    return _table_stats(groups.column_table(x), groups)
 
 
 def column_stats(values: Tensor, groups: GroupIndex) -> GroupStats:
-    """`group_stats` of values already in the column layout (`groups.columns`).
+    """`group_stats` of values already in the column layout (`groups.columns`)."""
+    return _table_stats(values.numpy(), groups, values)
+
+
+def _table_stats(table: np.ndarray, groups: GroupIndex, values: Optional[Tensor] = None) -> GroupStats:
+    """The statistics of a column table (`GroupIndex.column_table`); `values` is its tensor when known.
 
     Equal groups first take the offsets from each group's first value without any mask (a
     group holding a NaN comes out NaN), then redo only the (reward, group) pairs whose sum
     is not finite with the NaN-aware moments: batches without missing rewards pay for no
     masking at all (the sum of the group sums proves that no value is NaN or infinite).
-    Sums accumulate in float64; in large batches the squared deviations are summed one
-    reward at a time through one scratch buffer (bound by memory traffic, not arithmetic).
+    Sums accumulate in float64, all of them through the same row reduction (`_row_sums`),
+    so that every layout reaches the same bits. One [K, N] scratch buffer serves the
+    offsets and then the centered values (large batches are bound by first-touch page
+    faults of fresh buffers, not by arithmetic).
     """
     if groups.size is None:
-        return _masked_stats(values, groups)
+        return _padded_stats(values, table, groups)
     size = groups.size
-    first = values[..., :1]
-    offsets = (values - first).sum(-1)
-    offsets_a = offsets.numpy()
-    all_finite = math.isfinite(offsets_a.sum())  # NaN and infinities reach the sum of sums
-    # mean = first value + mean offset; a constant group's offsets are exact zeros
-    mean_a = np.add(first.numpy()[..., 0], offsets_a / size)
-    count_a = np.full(mean_a.shape, float(size))
+    scratch = np.subtract(table, table[:, :, :1])
+    offsets = _row_sums(scratch)
+    all_finite = math.isfinite(offsets.sum())  # NaN and infinities reach the sum of sums
+    # mean = first value + mean offset: a constant group's offsets are exact zeros
+    mean = np.add(table[:, :, 0], offsets / size)
+    count = np.empty(mean.shape)
+    count.fill(size)
     any_missing = False
     if not all_finite:
-        pairs = torch.from_numpy(np.flatnonzero(~np.isfinite(offsets_a)))
-        rows = values.reshape(-1, size)
-        if 4 * pairs.numel() > mean_a.size:  # most pairs: one masked pass beats gather + scatter
-            count, mean = _masked_moments(rows)
-            count_a, mean_a = count.view(mean_a.shape).numpy(), mean.view(mean_a.shape).numpy()
+        pairs = np.flatnonzero(~np.isfinite(offsets))
+        rows = table.reshape(-1, size)
+        if 4 * pairs.size > mean.size:  # most pairs: one masked pass beats gather + scatter
+            count, mean = (part.reshape(mean.shape) for part in _masked_moments(rows))
         else:
-            count, mean = _masked_moments(rows[pairs])
-            count_a.reshape(-1)[pairs.numpy()] = count.numpy()
-            mean_a.reshape(-1)[pairs.numpy()] = mean.numpy()
-        any_missing = bool((count_a < size).any())
-    mean = torch.from_numpy(mean_a)
-    centered = None
-    if materializes_columns(groups):
-        centered = values - torch.from_numpy(mean_a[..., None])
-        if any_missing:
-            centered.nan_to_num_(0.0)
-        norm = torch.linalg.vector_norm(centered, dim=-1)
-    else:
-        norm = torch.empty_like(mean)
-    stats = GroupStats(groups=groups, values=values, count=torch.from_numpy(count_a), mean=mean, norm=norm,
-                       any_missing=any_missing, arrays=GroupArrays(count_a, mean_a, norm.numpy()),
-                       all_finite=all_finite, common_count=None if any_missing else size,
-                       whole_centered=centered)
-    if centered is None:
-        scratch = torch.empty(values.shape[1:], dtype=torch.float64)
-        for k in range(values.shape[0]):
-            torch.linalg.vector_norm(stats.centered_column(k, scratch), dim=-1, out=norm[k])
-    return stats
+            count.reshape(-1)[pairs], mean.reshape(-1)[pairs] = _masked_moments(rows[pairs])
+        any_missing = bool((count < size).any())
+    centered = np.subtract(table, mean[:, :, None], out=scratch)
+    if any_missing:
+        np.copyto(centered, 0.0, where=np.isnan(centered))
+    sq_dev = _row_sums(centered, centered)
+    return _stats(groups, values, table, count, mean, sq_dev, centered, any_missing, all_finite,
+                  None if any_missing else size)
 
 
-def _masked_moments(rows: Tensor) -> tuple[Tensor, Tensor]:
+def _row_sums(rows: np.ndarray, other: Optional[np.ndarray] = None) -> np.ndarray:
+    """Sums over the last dimension (of rows * other when given): the one reduction of the
+    statistics. Each row's sum depends only on its values, whatever the leading shape."""
+    return np.einsum("...s->...", rows) if other is None else np.einsum("...s,...s->...", rows, other)
+
+
+def _masked_moments(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Count and mean of the valid values over the last dimension (float64; NaN = missing,
     mean 0 without any): the first valid value plus the mean offset from it, the
     arithmetic of the unmasked path where every value is valid."""
     valid = rows == rows
-    count = valid.sum(-1, dtype=torch.float64)
-    shift = rows.gather(-1, valid.to(torch.uint8).argmax(-1, keepdim=True))  # a NaN where nothing is valid
-    offsets = torch.where(valid, rows - shift, 0.0).sum(-1)
-    mean = torch.where(count > 0, shift.squeeze(-1) + offsets / count.clamp(min=1.0), 0.0)
+    count = valid.sum(-1, dtype=np.float64)
+    shift = np.take_along_axis(rows, valid.argmax(-1)[..., None], -1)  # a NaN where nothing is valid
+    offsets = _row_sums(np.where(valid, rows - shift, 0.0))
+    mean = np.where(count > 0, shift[..., 0] + offsets / np.maximum(count, 1.0), 0.0)
     return count, mean
 
 
-def _masked_stats(values: Tensor, groups: GroupIndex) -> GroupStats:
-    """`column_stats` of unequal groups: NaN-aware moments over padded blocks (pads are NaN).
-    Given equal groups (one block) it computes what `column_stats` does, bit for bit."""
-    shape = (values.shape[0], groups.num_groups)
-    count, mean = values.new_empty(shape), values.new_empty(shape)
-    padded = torch.cat([values, values.new_full((values.shape[0], 1), float("nan"))], dim=1)
+def _padded_stats(values: Optional[Tensor], table: np.ndarray, groups: GroupIndex) -> GroupStats:
+    """`column_stats` of unequal groups: NaN-aware moments over padded blocks (pads are NaN,
+    then 0 in the centered values). Given equal groups (one block) it computes what
+    `column_stats` does, bit for bit."""
+    k = table.shape[0]
+    count, mean, sq_dev = (np.empty((k, groups.num_groups)) for _ in range(3))
+    padded = np.concatenate([table, np.full((k, 1), np.nan)], axis=1)
     for block in groups._blocks:
-        count[:, block.groups], mean[:, block.groups] = _masked_moments(padded[:, block.rows])
-    valid = values == values
-    centered = torch.where(valid, values - groups.per_row(mean), 0.0)
-    norm = groups.reduce(centered, "norm")
-    stats = GroupStats(groups=groups, values=values, count=count, mean=mean, norm=norm,
-                       any_missing=not bool(valid.all()), arrays=GroupArrays(count.numpy(), mean.numpy(), norm.numpy()),
-                       whole_centered=centered)
-    stats.valid = valid
+        members, rows = block.groups.numpy(), block.rows.numpy()
+        count[:, members], mean[:, members] = _masked_moments(padded[:, rows])
+    valid = table == table
+    centered = np.where(valid, table - mean[:, groups.layout_inverse.numpy()], 0.0)
+    padded = np.concatenate([centered, np.zeros((k, 1))], axis=1)
+    for block in groups._blocks:
+        rows = padded[:, block.rows.numpy()]
+        sq_dev[:, block.groups.numpy()] = _row_sums(rows, rows)
+    stats = _stats(groups, values, table, count, mean, sq_dev, centered, not bool(valid.all()), False, None)
+    stats.valid = torch.from_numpy(valid)  # known: cache it
+    return stats
+
+
+def _stats(groups: GroupIndex, values: Optional[Tensor], table: np.ndarray, count: np.ndarray, mean: np.ndarray,
+           sq_dev: np.ndarray, centered: np.ndarray, any_missing: bool, all_finite: bool,
+           common_count: Optional[int]) -> GroupStats:
+    stats = GroupStats(groups=groups, arrays=GroupArrays(table, count, mean, sq_dev, centered), any_missing=any_missing,
+                       all_finite=all_finite, common_count=common_count)
+    if values is not None:  # the caller's tensor of the table
+        stats.values = values
     return stats
 
 
