@@ -536,26 +536,26 @@ def advantage_diagnostics(raw: Tensor, stats: GroupStats, final: Union[Tensor, n
     # offsets d from the pooled mean, taken around one group's mean (exact zeros when every
     # value is equal) as sum count * d^2 - (sum count * d)^2 / present
     full = stats.common_count is not None  # every group holds all its values
-    parts = np.empty((4 if full else 7, k, groups.num_groups))
-    offset, between = parts[2], parts[1]
-    np.copyto(parts[0], sq_dev)
-    np.equal(sq_dev, 0.0, out=parts[3])  # constant groups: their deviations are exact zeros
     if full:
-        np.subtract(mean, mean[:, :1], out=offset)
-        np.multiply(offset, offset, out=between)
-        squares, between, offsets, zero_var = parts.sum(-1).tolist()
+        parts = np.empty((3, k, groups.num_groups))
+        offset = np.subtract(mean, mean[:, :1], out=parts[0])
+        np.multiply(offset, offset, out=parts[1])
+        np.equal(sq_dev, 0.0, out=parts[2])  # constant groups: their deviations are exact zeros
+        offsets, between, zero_var = parts.sum(-1).tolist()
         size = float(stats.common_count)
-        between = [size * b for b in between]
-        offsets = [size * o for o in offsets]
+        between, offsets = [size * b for b in between], [size * o for o in offsets]
         present, groups_with_values = [float(n)] * k, [float(groups.num_groups)] * k
     else:
-        with_values = np.greater_equal(count, 1.0, out=parts[5])
-        np.subtract(mean, np.take_along_axis(mean, with_values.argmax(1)[:, None], 1), out=offset)
+        parts = np.empty((5, k, groups.num_groups))
+        with_values = np.greater_equal(count, 1.0, out=parts[3])
+        offset = np.subtract(mean, np.take_along_axis(mean, with_values.argmax(1)[:, None], 1), out=parts[0])
+        np.multiply(offset, count, out=parts[1])
+        np.multiply(parts[1], offset, out=parts[1])
         np.multiply(offset, count, out=offset)
-        np.multiply(offset, mean - np.take_along_axis(mean, with_values.argmax(1)[:, None], 1), out=between)
+        np.logical_and(sq_dev == 0.0, with_values, out=parts[2])
         np.copyto(parts[4], count)
-        np.multiply(parts[3], with_values, out=parts[6])
-        squares, between, offsets, _, present, groups_with_values, zero_var = parts.sum(-1).tolist()
+        offsets, between, zero_var, groups_with_values, present = parts.sum(-1).tolist()
+    squares = stats.sq_totals
     stds = [math.sqrt((squares[col] + max(between[col] - offsets[col] * offsets[col] / max(present[col], 1.0), 0.0))
                       / (present[col] - 1.0)) if present[col] >= 2.0 else 0.0 for col in range(k)]
     std_keys, missing_keys, zero_var_keys = _reward_keys(tuple(names))

@@ -18,13 +18,13 @@ dimension (several times faster than reducing across the middle of [N, K]).
   per-row values reach their groups' statistics by one gather. Given equal groups, the
   padded code computes the same bits as the table.
 
-Who computes what: torch runs the per-row work (the [K, N] columns: reductions over the
-rows of each group, centering, scaling); NumPy runs the per-group arithmetic on the
-[K, G] statistics, the layout check and the row sort of the diagnostics. Below ~2^15
-rollouts the stage is bound by the fixed cost of each call, and a NumPy call on a small
-array costs a third of a torch call; element-wise results are the same IEEE operations
-either way. Every [K, G] statistic is one float64 buffer seen both as a tensor (the
-fields) and as an array (`arrays`).
+The statistics are computed in NumPy and handed out as tensors that share their memory
+(`GroupStats.arrays` and the tensor properties). Below ~2^15 rollouts the stage is bound
+by the fixed cost of each call, and a NumPy call on a small array costs a third to a half
+of a torch call; every row sum goes through one einsum reduction, as fast as torch's at
+any size, and element-wise operations are the same IEEE operations either way. The
+quantities only some estimators need (group sums, extremes, leave-one-out pieces) are
+computed with torch on first use.
 
 Exactness matters more than elegance here: a group whose valid values are all equal
 produces exactly zero centered values and exactly zero spread (users read "zero-variance
@@ -162,25 +162,23 @@ class GroupIndex:
             out[:, block.groups] = part
         return out
 
-    def count_distinct(self, values: np.ndarray, scale: Optional[float] = None) -> int:
+    def count_distinct(self, values: np.ndarray, scale: float = 1.0) -> int:
         """Sum over groups of the number of distinct values among the group's rows (layout-order
-        [N] array; NumPy sorts short rows several times faster than torch). With `scale`, values
-        count as equal when rint(value * scale) is: that is monotone, so the sorted rows are
-        quantized after the sort."""
+        [N] float array; NumPy sorts short rows several times faster than torch). Values count
+        as equal when rint(value * scale) is: that is monotone, so the rows are rounded after
+        the sort."""
         if self.size is not None:
-            ordered = np.sort(values.reshape(self.num_groups, self.size), axis=1)
-            if scale is not None:
-                ordered = np.rint(np.multiply(ordered, scale, out=ordered), out=ordered)
+            ordered = np.multiply(values.reshape(self.num_groups, self.size), scale)
+            ordered.sort(axis=1)
+            np.rint(ordered, out=ordered)
             return self.num_groups + int(np.count_nonzero(ordered[:, 1:] != ordered[:, :-1]))
-        # sorts after every real value; not counted
-        pad = np.inf if values.dtype.kind == "f" else np.iinfo(values.dtype).max
-        padded = np.append(values, values.dtype.type(pad))
+        padded = np.append(values * scale, np.inf)  # sorts after every real value; not counted
         total = 0
         for block in self._blocks:
-            ordered = np.sort(padded[block.rows.numpy()], axis=1)
-            real = ordered != pad
-            if scale is not None:
-                ordered = np.rint(np.multiply(ordered, scale, out=ordered), out=ordered)
+            ordered = padded[block.rows.numpy()]
+            ordered.sort(axis=1)
+            real = ordered != np.inf
+            np.rint(ordered, out=ordered)
             changes = (ordered[:, 1:] != ordered[:, :-1]) & real[:, 1:]
             total += int(np.count_nonzero(real[:, 0])) + int(np.count_nonzero(changes))
         return total
@@ -267,6 +265,7 @@ class GroupStats:
 
     groups: GroupIndex
     arrays: GroupArrays
+    sq_totals: list[float]  # per reward: sq_dev summed over the groups
     any_missing: bool  # some value is NaN
     all_finite: bool = False  # True: no value is NaN or infinite (False: some may be)
     common_count: Optional[int] = None  # the count of every group when they are all equal and full
@@ -364,8 +363,8 @@ def group_stats(x: Tensor, groups: GroupIndex) -> GroupStats:
 
 
 def column_stats(values: Tensor, groups: GroupIndex) -> GroupStats:
-    """`group_stats` of values already in the column layout (`groups.columns`)."""
-    return _table_stats(values.numpy(), groups, values)
+    """`group_stats` of float64 values already in the column layout (`groups.columns`)."""
+    return _table_stats(np.ascontiguousarray(values.detach().cpu().numpy(), dtype=np.float64), groups, values)
 
 
 def _table_stats(table: np.ndarray, groups: GroupIndex, values: Optional[Tensor] = None) -> GroupStats:
@@ -374,42 +373,50 @@ def _table_stats(table: np.ndarray, groups: GroupIndex, values: Optional[Tensor]
     Equal groups first take the offsets from each group's first value without any mask (a
     group holding a NaN comes out NaN), then redo only the (reward, group) pairs whose sum
     is not finite with the NaN-aware moments: batches without missing rewards pay for no
-    masking at all (the sum of the group sums proves that no value is NaN or infinite).
-    Sums accumulate in float64, all of them through the same row reduction (`_row_sums`),
-    so that every layout reaches the same bits. One [K, N] scratch buffer serves the
-    offsets and then the centered values (large batches are bound by first-touch page
-    faults of fresh buffers, not by arithmetic).
+    masking at all (finite totals of the squared deviations prove that no value is NaN or
+    infinite). Sums accumulate in float64, all of them through the same row reduction
+    (`_row_sums`), so that every layout reaches the same bits. One [K, N] scratch buffer
+    serves the offsets and then the centered values (large batches are bound by
+    first-touch page faults of fresh buffers, not by arithmetic).
     """
     if groups.size is None:
-        return _padded_stats(values, table, groups)
+        with np.errstate(invalid="ignore"):
+            return _padded_stats(values, table, groups)
     size = groups.size
-    scratch = np.subtract(table, table[:, :, :1])
-    offsets = _row_sums(scratch)
-    all_finite = math.isfinite(offsets.sum())  # NaN and infinities reach the sum of sums
-    # mean = first value + mean offset: a constant group's offsets are exact zeros
-    mean = np.add(table[:, :, 0], offsets / size)
-    count = np.empty(mean.shape)
-    count.fill(size)
-    any_missing = False
-    if not all_finite:
-        pairs = np.flatnonzero(~np.isfinite(offsets))
-        rows = table.reshape(-1, size)
-        if 4 * pairs.size > mean.size:  # most pairs: one masked pass beats gather + scatter
-            count, mean = (part.reshape(mean.shape) for part in _masked_moments(rows))
-        else:
-            count.reshape(-1)[pairs], mean.reshape(-1)[pairs] = _masked_moments(rows[pairs])
-        any_missing = bool((count < size).any())
-    centered = np.subtract(table, mean[:, :, None], out=scratch)
-    if any_missing:
-        np.copyto(centered, 0.0, where=np.isnan(centered))
-    sq_dev = _row_sums(centered, centered)
-    return _stats(groups, values, table, count, mean, sq_dev, centered, any_missing, all_finite,
+    with np.errstate(invalid="ignore"):  # infinite rewards (rejected by the caller) make inf - inf here
+        scratch = np.subtract(table, table[:, :, :1])
+        offsets = _row_sums(scratch)
+        # mean = first value + mean offset: a constant group's offsets are exact zeros
+        mean = np.add(table[:, :, 0], offsets / size)
+        centered = np.subtract(table, mean[:, :, None], out=scratch)
+        sq_dev = _row_sums(centered, centered)
+        sq_totals = sq_dev.sum(-1).tolist()
+        count = np.empty(mean.shape)
+        count.fill(size)
+        # NaN and infinities reach the totals: finite totals prove a batch complete and finite
+        all_finite = math.isfinite(sum(sq_totals))
+        any_missing = False
+        if not all_finite:
+            pairs = np.flatnonzero(~np.isfinite(offsets))
+            rows = table.reshape(-1, size)
+            if 4 * pairs.size > mean.size:  # most pairs: one masked pass beats gather + scatter
+                count, mean = (part.reshape(mean.shape) for part in _masked_moments(rows))
+            else:
+                count.reshape(-1)[pairs], mean.reshape(-1)[pairs] = _masked_moments(rows[pairs])
+            any_missing = bool((count < size).any())
+            centered = np.subtract(table, mean[:, :, None], out=scratch)
+            if any_missing:
+                np.copyto(centered, 0.0, where=np.isnan(centered))
+            sq_dev = _row_sums(centered, centered)
+            sq_totals = sq_dev.sum(-1).tolist()
+    return _stats(groups, values, table, count, mean, sq_dev, centered, sq_totals, any_missing, all_finite,
                   None if any_missing else size)
 
 
 def _row_sums(rows: np.ndarray, other: Optional[np.ndarray] = None) -> np.ndarray:
     """Sums over the last dimension (of rows * other when given): the one reduction of the
-    statistics. Each row's sum depends only on its values, whatever the leading shape."""
+    statistics. On C-contiguous rows each row's sum depends only on its values, whatever
+    the leading shape."""
     return np.einsum("...s->...", rows) if other is None else np.einsum("...s,...s->...", rows, other)
 
 
@@ -433,24 +440,31 @@ def _padded_stats(values: Optional[Tensor], table: np.ndarray, groups: GroupInde
     count, mean, sq_dev = (np.empty((k, groups.num_groups)) for _ in range(3))
     padded = np.concatenate([table, np.full((k, 1), np.nan)], axis=1)
     for block in groups._blocks:
-        members, rows = block.groups.numpy(), block.rows.numpy()
-        count[:, members], mean[:, members] = _masked_moments(padded[:, rows])
+        members = block.groups.numpy()
+        count[:, members], mean[:, members] = _masked_moments(_gather(padded, block))
     valid = table == table
     centered = np.where(valid, table - mean[:, groups.layout_inverse.numpy()], 0.0)
     padded = np.concatenate([centered, np.zeros((k, 1))], axis=1)
     for block in groups._blocks:
-        rows = padded[:, block.rows.numpy()]
+        rows = _gather(padded, block)
         sq_dev[:, block.groups.numpy()] = _row_sums(rows, rows)
-    stats = _stats(groups, values, table, count, mean, sq_dev, centered, not bool(valid.all()), False, None)
+    stats = _stats(groups, values, table, count, mean, sq_dev, centered, sq_dev.sum(-1).tolist(),
+                   not bool(valid.all()), False, None)
     stats.valid = torch.from_numpy(valid)  # known: cache it
     return stats
 
 
+def _gather(padded: np.ndarray, block: _Block) -> np.ndarray:
+    """[K, N + 1] -> the block's [K, G_b, S_b] rows, C-contiguous like the table of equal groups
+    (a reduction's inner loop, and so its rounding, depends on the memory layout)."""
+    return np.ascontiguousarray(padded[:, block.rows.numpy()])
+
+
 def _stats(groups: GroupIndex, values: Optional[Tensor], table: np.ndarray, count: np.ndarray, mean: np.ndarray,
-           sq_dev: np.ndarray, centered: np.ndarray, any_missing: bool, all_finite: bool,
+           sq_dev: np.ndarray, centered: np.ndarray, sq_totals: list[float], any_missing: bool, all_finite: bool,
            common_count: Optional[int]) -> GroupStats:
-    stats = GroupStats(groups=groups, arrays=GroupArrays(table, count, mean, sq_dev, centered), any_missing=any_missing,
-                       all_finite=all_finite, common_count=common_count)
+    stats = GroupStats(groups=groups, arrays=GroupArrays(table, count, mean, sq_dev, centered), sq_totals=sq_totals,
+                       any_missing=any_missing, all_finite=all_finite, common_count=common_count)
     if values is not None:  # the caller's tensor of the table
         stats.values = values
     return stats
