@@ -320,11 +320,14 @@ def apply_reward_conditions(rewards: Tensor, specs: Sequence[RewardSpec]) -> Ten
 
 # ----------------------------------------------------------------------------- batch normalization
 
-_BLAS_DOT_MAX = 8192  # longer dot products run without BLAS, which would start threads on a shared machine
+_BLAS_DOT_MAX = 8192  # longer dot products run without BLAS
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> float:
-    """sum(a * b) of two [N] float64 arrays (one pass either way; each N always takes the same one)."""
+    """sum(a * b) of two [N] float64 arrays. BLAS is the cheapest call for short vectors, but
+    OpenBLAS starts threads above ~10^4 elements, and on a shared machine they stall (5-8 ms
+    at 2^15 instead of 10 us); einsum stays on the calling thread. Each N always takes the
+    same branch, so every layout of a batch gets the same bits."""
     return float(a @ b) if a.size <= _BLAS_DOT_MAX else float(np.einsum("i,i->", a, b))
 
 
@@ -463,14 +466,17 @@ def compute_advantages(rewards: Tensor, group_ids: Tensor, algorithm: AlgorithmC
         conditioned = apply_reward_conditions(raw, algorithm.rewards)
     groups = index_groups(_cpu(group_ids))
     stats = group_stats(conditioned, groups)
-    if not stats.all_finite and bool(((stats.maximum == float("inf")) | (stats.minimum == float("-inf"))).any()):
+    if not stats.all_finite and not math.isfinite(stats.arrays.mean.sum()):  # NaN-aware means: an infinity
         _check_finite(raw, names)
 
     # everything below runs in the layout order of `groups`; the result goes back at the end
     group_scores = ESTIMATORS.get(numerics.estimator).compute(stats, weights, numerics)
     # NumPy from here: the batch step and the diagnostics are a few calls on [N] arrays
     scores = group_scores.scores.numpy()
-    has_reward = groups.flat(stats.valid).any(dim=0).numpy() if stats.any_missing else None
+    has_reward = None
+    if stats.any_missing:
+        values = stats.arrays.values
+        has_reward = np.logical_or.reduce(values == values, axis=0).reshape(-1)
     num_with_reward = groups.num_rows if has_reward is None else int(np.count_nonzero(has_reward))
     all_rewarded = num_with_reward == groups.num_rows
     if not all_rewarded:
@@ -548,10 +554,11 @@ def advantage_diagnostics(raw: Tensor, stats: GroupStats, final: Union[Tensor, n
     else:
         parts = np.empty((5, k, groups.num_groups))
         with_values = np.greater_equal(count, 1.0, out=parts[3])
-        offset = np.subtract(mean, np.take_along_axis(mean, with_values.argmax(1)[:, None], 1), out=parts[0])
-        np.multiply(offset, count, out=parts[1])
-        np.multiply(parts[1], offset, out=parts[1])
-        np.multiply(offset, count, out=offset)
+        reference = np.take_along_axis(mean, with_values.argmax(1)[:, None], 1)  # a group with values
+        offset = np.subtract(mean, reference, out=parts[0])
+        np.multiply(offset, offset, out=parts[1])
+        np.multiply(parts[1], count, out=parts[1])  # count * d^2
+        np.multiply(offset, count, out=offset)  # count * d
         np.logical_and(sq_dev == 0.0, with_values, out=parts[2])
         np.copyto(parts[4], count)
         offsets, between, zero_var, groups_with_values, present = parts.sum(-1).tolist()

@@ -373,8 +373,8 @@ def _table_stats(table: np.ndarray, groups: GroupIndex, values: Optional[Tensor]
     Equal groups first take the offsets from each group's first value without any mask (a
     group holding a NaN comes out NaN), then redo only the (reward, group) pairs whose sum
     is not finite with the NaN-aware moments: batches without missing rewards pay for no
-    masking at all (finite totals of the squared deviations prove that no value is NaN or
-    infinite). Sums accumulate in float64, all of them through the same row reduction
+    masking at all (a finite sum of the offsets proves that no value is NaN or infinite).
+    Sums accumulate in float64, all of them through the same row reduction
     (`_row_sums`), so that every layout reaches the same bits. One [K, N] scratch buffer
     serves the offsets and then the centered values (large batches are bound by
     first-touch page faults of fresh buffers, not by arithmetic).
@@ -386,15 +386,11 @@ def _table_stats(table: np.ndarray, groups: GroupIndex, values: Optional[Tensor]
     with np.errstate(invalid="ignore"):  # infinite rewards (rejected by the caller) make inf - inf here
         scratch = np.subtract(table, table[:, :, :1])
         offsets = _row_sums(scratch)
+        all_finite = math.isfinite(offsets.sum())  # NaN and infinities reach the sum of the offsets
         # mean = first value + mean offset: a constant group's offsets are exact zeros
         mean = np.add(table[:, :, 0], offsets / size)
-        centered = np.subtract(table, mean[:, :, None], out=scratch)
-        sq_dev = _row_sums(centered, centered)
-        sq_totals = sq_dev.sum(-1).tolist()
         count = np.empty(mean.shape)
         count.fill(size)
-        # NaN and infinities reach the totals: finite totals prove a batch complete and finite
-        all_finite = math.isfinite(sum(sq_totals))
         any_missing = False
         if not all_finite:
             pairs = np.flatnonzero(~np.isfinite(offsets))
@@ -404,11 +400,11 @@ def _table_stats(table: np.ndarray, groups: GroupIndex, values: Optional[Tensor]
             else:
                 count.reshape(-1)[pairs], mean.reshape(-1)[pairs] = _masked_moments(rows[pairs])
             any_missing = bool((count < size).any())
-            centered = np.subtract(table, mean[:, :, None], out=scratch)
-            if any_missing:
-                np.copyto(centered, 0.0, where=np.isnan(centered))
-            sq_dev = _row_sums(centered, centered)
-            sq_totals = sq_dev.sum(-1).tolist()
+        centered = np.subtract(table, mean[:, :, None], out=scratch)
+        if any_missing:
+            np.copyto(centered, 0.0, where=np.isnan(centered))
+        sq_dev = _row_sums(centered, centered)
+        sq_totals = sq_dev.sum(-1).tolist()
     return _stats(groups, values, table, count, mean, sq_dev, centered, sq_totals, any_missing, all_finite,
                   None if any_missing else size)
 
@@ -425,9 +421,11 @@ def _masked_moments(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mean 0 without any): the first valid value plus the mean offset from it, the
     arithmetic of the unmasked path where every value is valid."""
     valid = rows == rows
-    count = valid.sum(-1, dtype=np.float64)
+    count = np.einsum("...s->...", valid.view(np.uint8), dtype=np.float64)
     shift = np.take_along_axis(rows, valid.argmax(-1)[..., None], -1)  # a NaN where nothing is valid
-    offsets = _row_sums(np.where(valid, rows - shift, 0.0))
+    offsets = np.subtract(rows, shift)
+    np.copyto(offsets, 0.0, where=~valid)
+    offsets = _row_sums(offsets)
     mean = np.where(count > 0, shift[..., 0] + offsets / np.maximum(count, 1.0), 0.0)
     return count, mean
 
