@@ -6,11 +6,13 @@
 K = 3 binary rewards with weights (1, 0.5, 2), groups of G = 16 rollouts, one torch
 thread. Each implementation is run `--repeats` times per N, interleaved with the others
 (the machine may be shared: a burst of load then hits every implementation alike), and
-the median is reported. The order of the implementations is shuffled in every round
-(seeded): a call right after the loops of verl or NeMo-RL finds the caches flushed and is
-the slowest of its round, so no implementation may always take that place. `--cold` makes
-every call a cold one instead: before each timed call the NeMo-RL reference runs on a
-2^10 batch, as in a trainer, where the stage runs once per step between other work.
+the median is reported; the order is shuffled in every round (seeded). The loops of verl
+and NeMo-RL are timed in rounds of their own: they flush the caches, and whatever runs
+right after them starts cold (at 2^10 that alone costs the stage about 0.25 ms and TRL's
+arithmetic about 0.05 ms), so sharing their rounds would make the comparison depend on
+the order. `--cold` measures that case on purpose: before every timed call the NeMo-RL
+reference runs on a 2^10 batch (untimed), as in a trainer, where the stage runs once per
+step between other work.
 The project is timed end to end (`compute_advantages` with its
 diagnostics) on two layouts: groups contiguous (what the trainer produces) and
 scattered over the batch (ids shuffled). The references are written here from the
@@ -191,19 +193,22 @@ def main() -> int:
             "ours_scattered": lambda: compute_advantages(scattered_rewards, scattered_ids, trl),
             "trl": lambda: trl_normalize_then_sum(rewards),
         }
+        loops: dict[str, Callable[[], object]] = {}
         ours = compute_advantages(rewards, group_ids, trl).advantages
         if args.missing == 0:  # TRL's nanstd differs from ours only where a group has < 2 values
             check("TRL reference", trl_normalize_then_sum(rewards), ours, 1e-4)
         check("scattered layout", compute_advantages(scattered_rewards, scattered_ids, trl).advantages, ours[perm], 1e-6)
         if log2 <= args.verl_max_log2 and args.missing == 0:
             index = group_ids.tolist()
-            fns["verl"] = lambda: verl_gdpo(rewards, index, mask)
+            loops["verl"] = lambda: verl_gdpo(rewards, index, mask)
             verl_ours = compute_advantages(rewards, group_ids, verl, response_mask=mask).advantages
             check("verl reference", verl_gdpo(rewards, index, mask), verl_ours, 1e-4)
         if log2 <= args.nemo_max_log2 and args.missing == 0:
-            fns["nemo"] = lambda: nemo_rl_gdpo(rewards, group_ids)
+            loops["nemo"] = lambda: nemo_rl_gdpo(rewards, group_ids)
             check("NeMo-RL reference", nemo_rl_gdpo(rewards, group_ids), compute_advantages(rewards, group_ids, nemo).advantages, 1e-4)
         t = median_times(fns, args.repeats, flush)
+        if loops:  # their own rounds: after their Python loops the next call would always start cold
+            t.update(median_times(loops, args.repeats))
         ratio = lambda name: f"{t[name] / t['ours']:>8.2f}x" if name in t else f"{'-':>9}"  # noqa: E731
         cell = lambda name: f"{t[name] * 1e3:>9.3f}" if name in t else f"{'-':>9}"  # noqa: E731
         print(f"{n:>8} {cell('ours')} {t['ours_scattered'] * 1e3:>12.3f} {cell('trl')} {t['trl'] / t['ours']:>7.2f}x "

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional, Sequence, Union
 
@@ -111,13 +112,14 @@ def estimator(name: str, *, fixed: Optional[dict[str, object]] = None,
 
 _NUMERIC_FIELDS = ("group_baseline", "group_std", "group_eps", "eps_mode", "singleton_group", "batch_norm",
                    "batch_eps", "batch_eps_mode")
+_numeric_fields = operator.attrgetter(*_NUMERIC_FIELDS)
 
 
 def resolve_numerics(algorithm: AlgorithmConfig) -> AdvantageNumerics:
     """AlgorithmConfig + preset -> concrete settings. Explicit fields win over the preset;
     the estimator's own fixed settings win over the preset (config validation rejects an
     explicit conflict)."""
-    return _resolve(algorithm.estimator, algorithm.preset, tuple(getattr(algorithm, key) for key in _NUMERIC_FIELDS))
+    return _resolve(algorithm.estimator, algorithm.preset, _numeric_fields(algorithm))
 
 
 @functools.lru_cache(maxsize=256)
@@ -369,7 +371,7 @@ def whiten(values: np.ndarray, row_weight: Optional[np.ndarray], mode: str,
         return values, None
     if row_weight is None:
         n = float(values.size)
-        lo, hi, weighted_sum = float(values.min()), float(values.max()), float(values.sum())
+        lo, hi, weighted_sum = float(np.minimum.reduce(values)), float(np.maximum.reduce(values)), float(np.add.reduce(values))
     else:
         included = row_weight > 0
         lo = float(values.min(initial=math.inf, where=included))
@@ -547,7 +549,7 @@ def advantage_diagnostics(raw: Tensor, stats: GroupStats, final: Union[Tensor, n
         offset = np.subtract(mean, mean[:, :1], out=parts[0])
         np.multiply(offset, offset, out=parts[1])
         np.equal(sq_dev, 0.0, out=parts[2])  # constant groups: their deviations are exact zeros
-        offsets, between, zero_var = parts.sum(-1).tolist()
+        offsets, between, zero_var = np.add.reduce(parts, axis=-1).tolist()
         size = float(stats.common_count)
         between, offsets = [size * b for b in between], [size * o for o in offsets]
         present, groups_with_values = [float(n)] * k, [float(groups.num_groups)] * k

@@ -208,9 +208,9 @@ def index_groups(group_ids: Tensor) -> GroupIndex:
     num = int(np.count_nonzero(changes)) + 1
     size = n // num
     # num runs, num - 1 of them ending one row before a multiple of n / num: equally long runs
-    if size * num == n and changes[size - 1::size].all():
+    if size * num == n and _all(changes[size - 1::size]):
         heads = ids[::size]
-        if bool((heads[1:] > heads[:-1]).all()):  # one run per group, in id order: the layout already
+        if _all(heads[1:] > heads[:-1]):  # one run per group, in id order: the layout already
             return GroupIndex(num_groups=num, num_rows=n, sizes=_equal_sizes(num, size), size=size)
         ends = None
     else:
@@ -229,6 +229,9 @@ def index_groups(group_ids: Tensor) -> GroupIndex:
     return GroupIndex(num_groups=num, num_rows=n, sizes=torch.from_numpy(np.diff(bounds)), order=order)
 
 
+_all = np.logical_and.reduce  # ndarray.all() without its Python wrapper (the layout check is on the hot path)
+
+
 def _equal_sizes(num: int, size: int) -> Tensor:
     sizes = np.empty(num, dtype=np.int64)
     sizes.fill(size)
@@ -244,7 +247,7 @@ class GroupArrays(NamedTuple):
     """The statistics as NumPy arrays, the tensors of `GroupStats` are views of them."""
 
     values: np.ndarray  # columns-shaped
-    count: np.ndarray  # [K, G]
+    count: Optional[np.ndarray]  # [K, G]; None when every group holds all its `common_count` values
     mean: np.ndarray  # [K, G]
     sq_dev: np.ndarray  # [K, G]
     centered: np.ndarray  # columns-shaped
@@ -278,6 +281,8 @@ class GroupStats:
     @cached_property
     def count(self) -> Tensor:
         """[K, G] number of valid values."""
+        if self.arrays.count is None:
+            return torch.full(tuple(self.arrays.mean.shape), float(self.common_count), dtype=torch.float64)
         return torch.from_numpy(self.arrays.count)
 
     @cached_property
@@ -386,13 +391,13 @@ def _table_stats(table: np.ndarray, groups: GroupIndex, values: Optional[Tensor]
     with np.errstate(invalid="ignore"):  # infinite rewards (rejected by the caller) make inf - inf here
         scratch = np.subtract(table, table[:, :, :1])
         offsets = _row_sums(scratch)
-        all_finite = math.isfinite(offsets.sum())  # NaN and infinities reach the sum of the offsets
+        all_finite = math.isfinite(np.add.reduce(offsets, axis=None))  # NaN and infinities reach the sum
         # mean = first value + mean offset: a constant group's offsets are exact zeros
         mean = np.add(table[:, :, 0], offsets / size)
-        count = np.empty(mean.shape)
-        count.fill(size)
+        count = None
         any_missing = False
         if not all_finite:
+            count = np.full(mean.shape, float(size))
             pairs = np.flatnonzero(~np.isfinite(offsets))
             rows = table.reshape(-1, size)
             if 4 * pairs.size > mean.size:  # most pairs: one masked pass beats gather + scatter
@@ -400,11 +405,13 @@ def _table_stats(table: np.ndarray, groups: GroupIndex, values: Optional[Tensor]
             else:
                 count.reshape(-1)[pairs], mean.reshape(-1)[pairs] = _masked_moments(rows[pairs])
             any_missing = bool((count < size).any())
+            if not any_missing:
+                count = None
         centered = np.subtract(table, mean[:, :, None], out=scratch)
         if any_missing:
             np.copyto(centered, 0.0, where=np.isnan(centered))
         sq_dev = _row_sums(centered, centered)
-        sq_totals = sq_dev.sum(-1).tolist()
+        sq_totals = np.add.reduce(sq_dev, axis=-1).tolist()
     return _stats(groups, values, table, count, mean, sq_dev, centered, sq_totals, any_missing, all_finite,
                   None if any_missing else size)
 
