@@ -585,7 +585,7 @@ def advantage_diagnostics(raw: Tensor, stats: GroupStats, final: Union[Tensor, n
     else:
         adv_min, adv_max, adv_mean, adv_std = summary.minimum, summary.maximum, summary.mean, summary.std
     out.update({"adv/mean": adv_mean, "adv/std": adv_std, "adv/min": adv_min, "adv/max": adv_max,
-                "adv/zero_frac": (n - np.count_nonzero(adv)) / n, "adv/all_missing_frac": 1.0 - num_with_reward / n})
+                "adv/zero_frac": (n - int(np.count_nonzero(adv))) / n, "adv/all_missing_frac": 1.0 - num_with_reward / n})
     # advantages equal to RESOLUTION_DECIMALS decimals count as one value
     distinct = groups.count_distinct(adv, scale=10.0 ** RESOLUTION_DECIMALS)
     out["adv/resolution_mean"] = distinct / groups.num_groups
