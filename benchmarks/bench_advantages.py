@@ -1,12 +1,19 @@
 """The advantage stage against the arithmetic of TRL, verl and NeMo-RL (same inputs, same run).
 
-    python benchmarks/bench_advantages.py [--min-log2 10] [--max-log2 20] [--repeats 5]
-                                          [--verl-max-log2 14] [--nemo-max-log2 12] [--missing 0.0]
+    python benchmarks/bench_advantages.py [--min-log2 10] [--max-log2 20] [--repeats 10]
+                                          [--verl-max-log2 13] [--nemo-max-log2 12] [--missing 0.0] [--cold]
 
 K = 3 binary rewards with weights (1, 0.5, 2), groups of G = 16 rollouts, one torch
 thread. Each implementation is run `--repeats` times per N, interleaved with the others
 (the machine may be shared: a burst of load then hits every implementation alike), and
-the median is reported. The project is timed end to end (`compute_advantages` with its
+the median is reported; the order is shuffled in every round (seeded). The loops of verl
+and NeMo-RL are timed in rounds of their own: they flush the caches, and whatever runs
+right after them starts cold (at 2^10 that alone costs the stage about 0.25 ms and TRL's
+arithmetic about 0.05 ms), so sharing their rounds would make the comparison depend on
+the order. `--cold` measures that case on purpose: before every timed call the NeMo-RL
+reference runs on a 2^10 batch (untimed), as in a trainer, where the stage runs once per
+step between other work.
+The project is timed end to end (`compute_advantages` with its
 diagnostics) on two layouts: groups contiguous (what the trainer produces) and
 scattered over the batch (ids shuffled). The references are written here from the
 projects' published formulas (docs/advantages.md has the table):
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import sys
 import time
@@ -122,12 +130,24 @@ def config(preset: str, weights: tuple[float, ...] = WEIGHTS, **numerics: object
                            **numerics)
 
 
-def median_times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    times: dict[str, list[float]] = {name: [] for name in fns}
+def load_average() -> str:
+    """The machine's 1/5/15-minute load averages (a shared machine makes absolute times noisy)."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+
+
+def median_times(fns: dict[str, Callable[[], object]], repeats: int,
+                 flush: Callable[[], object] | None = None) -> dict[str, float]:
+    """Median seconds per call, the order shuffled in every round; `flush` (untimed) runs
+    before every timed call."""
+    names = list(fns)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    order = random.Random(len(names) * 1000 + repeats)
     for _ in range(repeats):
-        for name, fn in fns.items():
+        for name in order.sample(names, len(names)):
+            if flush is not None:
+                flush()
             start = time.perf_counter()
-            fn()
+            fns[name]()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
 
@@ -142,19 +162,27 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--min-log2", type=int, default=10)
     parser.add_argument("--max-log2", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved runs per size; the median is reported")
+    parser.add_argument("--repeats", type=int, default=10, help="interleaved runs per size; the median is reported")
     parser.add_argument("--verl-max-log2", type=int, default=13)
     parser.add_argument("--nemo-max-log2", type=int, default=12)
     parser.add_argument("--missing", type=float, default=0.0, help="share of reward values that are NaN")
+    parser.add_argument("--cold", action="store_true",
+                        help="run the NeMo-RL reference on a 2^10 batch (untimed) before every timed call")
     args, _ = parser.parse_known_args()  # run_all.py passes its extra arguments to every benchmark
     torch.set_num_threads(1)
     # verl sums the normalized rewards unweighted
     trl, verl = config("trl"), config("verl", weights=(1.0,) * K)
     nemo = config("nemo_rl", group_baseline="mean", group_std="unbiased")
     print(f"advantage stage, K={K} binary rewards ({args.missing:.0%} missing), G={G}, torch threads=1, "
-          f"median of {args.repeats} interleaved runs; project = compute_advantages incl. diagnostics")
-    print(f"{'N':>8} {'ours_s':>9} {'ours_scat_s':>11} {'trl_s':>9} {'trl/ours':>8} "
-          f"{'verl_s':>9} {'verl/ours':>9} {'nemo_s':>9} {'nemo/ours':>9}", flush=True)
+          f"median of {args.repeats} interleaved runs{', each after a cache flush' if args.cold else ''}; "
+          f"project = compute_advantages incl. diagnostics")
+    flush = None
+    if args.cold:
+        flush_rewards, flush_ids, _ = make_batch(2 ** 10, 0.0, seed=1)
+        flush = lambda: nemo_rl_gdpo(flush_rewards, flush_ids)  # noqa: E731
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}, load average {load_average()}", flush=True)
+    print(f"{'N':>8} {'ours_ms':>9} {'ours_scat_ms':>12} {'trl_ms':>9} {'trl/ours':>8} "
+          f"{'verl_ms':>9} {'verl/ours':>9} {'nemo_ms':>9} {'nemo/ours':>9}", flush=True)
     for log2 in range(args.min_log2, args.max_log2 + 1):
         n = 2 ** log2
         rewards, group_ids, perm = make_batch(n, args.missing, seed=log2)
@@ -165,24 +193,28 @@ def main() -> int:
             "ours_scattered": lambda: compute_advantages(scattered_rewards, scattered_ids, trl),
             "trl": lambda: trl_normalize_then_sum(rewards),
         }
+        loops: dict[str, Callable[[], object]] = {}
         ours = compute_advantages(rewards, group_ids, trl).advantages
         if args.missing == 0:  # TRL's nanstd differs from ours only where a group has < 2 values
             check("TRL reference", trl_normalize_then_sum(rewards), ours, 1e-4)
         check("scattered layout", compute_advantages(scattered_rewards, scattered_ids, trl).advantages, ours[perm], 1e-6)
         if log2 <= args.verl_max_log2 and args.missing == 0:
             index = group_ids.tolist()
-            fns["verl"] = lambda: verl_gdpo(rewards, index, mask)
+            loops["verl"] = lambda: verl_gdpo(rewards, index, mask)
             verl_ours = compute_advantages(rewards, group_ids, verl, response_mask=mask).advantages
             check("verl reference", verl_gdpo(rewards, index, mask), verl_ours, 1e-4)
         if log2 <= args.nemo_max_log2 and args.missing == 0:
-            fns["nemo"] = lambda: nemo_rl_gdpo(rewards, group_ids)
+            loops["nemo"] = lambda: nemo_rl_gdpo(rewards, group_ids)
             check("NeMo-RL reference", nemo_rl_gdpo(rewards, group_ids), compute_advantages(rewards, group_ids, nemo).advantages, 1e-4)
-        t = median_times(fns, args.repeats)
+        t = median_times(fns, args.repeats, flush)
+        if loops:  # their own rounds: after their Python loops the next call would always start cold
+            t.update(median_times(loops, args.repeats))
         ratio = lambda name: f"{t[name] / t['ours']:>8.2f}x" if name in t else f"{'-':>9}"  # noqa: E731
-        cell = lambda name: f"{t[name]:>9.4f}" if name in t else f"{'-':>9}"  # noqa: E731
-        print(f"{n:>8} {t['ours']:>9.4f} {t['ours_scattered']:>11.4f} {t['trl']:>9.4f} {t['trl'] / t['ours']:>7.2f}x "
+        cell = lambda name: f"{t[name] * 1e3:>9.3f}" if name in t else f"{'-':>9}"  # noqa: E731
+        print(f"{n:>8} {cell('ours')} {t['ours_scattered'] * 1e3:>12.3f} {cell('trl')} {t['trl'] / t['ours']:>7.2f}x "
               f"{cell('verl')} {ratio('verl')} {cell('nemo')} {ratio('nemo')}", flush=True)
     print("ratios > 1: the reference is slower than the project; '-': not run at that N (see --help)")
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}, load average {load_average()}")
     return 0
 
 

@@ -17,17 +17,20 @@ result is cast to float32 once at the end. The numeric settings come from
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from gdpo_megatron.config.algorithm import AlgorithmConfig, RewardSpec
 from gdpo_megatron.registry import Registry
 
-from .segments import GroupStats, column_stats, index_groups, leave_one_out_centered, leave_one_out_std
+from .segments import GroupStats, column_stats, group_stats, index_groups, leave_one_out_centered, leave_one_out_std
 
 RESOLUTION_DECIMALS = 6  # advantages equal to 1e-6 count as one value in `adv/resolution_mean`
 
@@ -73,7 +76,7 @@ PRESETS: dict[str, dict[str, object]] = {
 
 # ----------------------------------------------------------------------------- registry
 
-@dataclass(frozen=True)
+@dataclass
 class GroupScores:
     """What an estimator returns: one score per rollout before batch normalization."""
 
@@ -107,45 +110,67 @@ def estimator(name: str, *, fixed: Optional[dict[str, object]] = None,
     return decorator
 
 
+_NUMERIC_FIELDS = ("group_baseline", "group_std", "group_eps", "eps_mode", "singleton_group", "batch_norm",
+                   "batch_eps", "batch_eps_mode")
+_numeric_fields = operator.attrgetter(*_NUMERIC_FIELDS)
+
+
 def resolve_numerics(algorithm: AlgorithmConfig) -> AdvantageNumerics:
     """AlgorithmConfig + preset -> concrete settings. Explicit fields win over the preset;
     the estimator's own fixed settings win over the preset (config validation rejects an
     explicit conflict)."""
-    spec = ESTIMATORS.get(algorithm.estimator)
-    values = dict(PRESETS[algorithm.preset])
+    return _resolve(algorithm.estimator, algorithm.preset, _numeric_fields(algorithm))
+
+
+@functools.lru_cache(maxsize=256)
+def _resolve(estimator_name: str, preset: str, explicit: tuple[object, ...]) -> AdvantageNumerics:
+    # cached: the stage resolves the same section on every call
+    spec = ESTIMATORS.get(estimator_name)
+    values = dict(PRESETS[preset])
     if not spec.batch_norm_by_default:
         values["batch_norm"] = "none"
     values.update(spec.fixed)
-    for key in values:
-        chosen = getattr(algorithm, key)
+    for key, chosen in zip(_NUMERIC_FIELDS, explicit):
         if chosen is not None:
             values[key] = chosen
-    return AdvantageNumerics(estimator=algorithm.estimator, preset=algorithm.preset, **values)
+    return AdvantageNumerics(estimator=estimator_name, preset=preset, **values)
 
 
 # ----------------------------------------------------------------------------- group normalization
 
-def _centered_and_factor(stats: GroupStats, numerics: AdvantageNumerics,
-                         materialize: bool = True) -> tuple[Optional[Tensor], Optional[Tensor], bool]:
-    """(centered, factor, per_group): the normalized values are centered * factor (no
-    factor: centered itself); factor is [K, G] when per_group, else rows-shaped.
-    materialize=False leaves the group-mean centered values to the caller (None)."""
-    if numerics.group_baseline == "leave_one_out":
-        centered = leave_one_out_centered(stats)
-    else:
-        centered = stats.centered if materialize else None
-    if numerics.group_std == "none":
-        return centered, None, True
-    per_group = numerics.group_std != "leave_one_out"
-    if per_group:
-        scale = stats.std(correction=1 if numerics.group_std == "unbiased" else 0)  # [K, G]
-    else:
-        scale = leave_one_out_std(stats)  # rows-shaped
+def _reciprocal_scale(scale: np.ndarray, numerics: AdvantageNumerics,
+                      numerator: Union[float, np.ndarray] = 1.0) -> np.ndarray:
+    """numerator / (scale + eps) where the division happens, else the numerator (a fresh array)."""
     denominator = scale + numerics.group_eps
+    if numerics.eps_mode == "add" and numerics.group_eps > 0:  # the denominator is positive everywhere
+        return np.divide(numerator, denominator, out=denominator)
     # where_positive divides only where std > 0; with add and eps = 0 a zero std is left
     # undivided too (the centered value is then 0 or, leave-one-out, the plain difference).
     divide = (scale > 0) if numerics.eps_mode == "where_positive" else (denominator > 0)
-    return centered, 1.0 / torch.where(divide, denominator, 1.0), per_group
+    return np.divide(numerator, np.where(divide, denominator, 1.0))
+
+
+def _group_factor(stats: GroupStats, numerics: AdvantageNumerics,
+                  numerator: Union[float, np.ndarray] = 1.0) -> Optional[np.ndarray]:
+    """[K, G] numerator / (std + eps) of the per-group numerics (a fresh array); None without a
+    std division."""
+    if numerics.group_std == "none":
+        return None
+    scale = stats.std_array(correction=1 if numerics.group_std == "unbiased" else 0)
+    return _reciprocal_scale(scale, numerics, numerator)
+
+
+def _centered_and_factor(stats: GroupStats, numerics: AdvantageNumerics) -> tuple[Tensor, Optional[Tensor], bool]:
+    """(centered, factor, per_group): the normalized values are centered * factor (no
+    factor: centered itself); factor is [K, G] when per_group, else rows-shaped."""
+    if numerics.group_baseline == "leave_one_out":
+        centered = leave_one_out_centered(stats)
+    else:
+        centered = stats.centered
+    if numerics.group_std == "leave_one_out":  # rows-shaped
+        return centered, torch.from_numpy(_reciprocal_scale(leave_one_out_std(stats).numpy(), numerics)), False
+    factor = _group_factor(stats, numerics)
+    return centered, None if factor is None else torch.from_numpy(factor), True
 
 
 def _lone_rollouts(stats: GroupStats, numerics: AdvantageNumerics) -> Optional[Tensor]:
@@ -187,20 +212,20 @@ def normalize_in_groups(stats: GroupStats, numerics: AdvantageNumerics, weights:
 
 
 def weighted_normalized_sum(stats: GroupStats, numerics: AdvantageNumerics, weights: Tensor) -> Tensor:
-    """[N] (layout order) sum_k w_k * normalized_k: `normalize_in_groups(...).sum(0)`, but with
-    per-group scaling it accumulates reward by reward into one buffer instead of
-    materializing the scaled [K, N] columns (large batches are bound by memory traffic)."""
+    """[N] (layout order) sum_k w_k * normalized_k: `normalize_in_groups(...).sum(0)`, but
+    with per-group scaling the weight folds into the per-group factor and one contraction
+    over the rewards produces the sum without materializing the scaled [K, N] columns."""
     if numerics.group_baseline == "leave_one_out" or _lone_rollouts(stats, numerics) is not None:
         return stats.groups.flat(normalize_in_groups(stats, numerics, weights)).sum(0)
-    _, factor, _ = _centered_and_factor(stats, numerics, materialize=False)
-    per_row = stats.groups.per_row
-    factor = weights.unsqueeze(1) if factor is None else factor * weights.unsqueeze(1)  # [K, G]
-    scratch = torch.empty(stats.values.shape[1:], dtype=torch.float64)
-    factor = per_row(factor)
-    total = stats.centered_column(0, torch.empty_like(scratch)).mul_(factor[0])
-    for k in range(1, stats.values.shape[0]):
-        total.addcmul_(stats.centered_column(k, scratch), factor[k])
-    return total.reshape(-1)
+    groups = stats.groups
+    column_weight = weights.numpy()[:, None]
+    factor = _group_factor(stats, numerics, column_weight)  # w_k / (std + eps)
+    if factor is None:
+        factor = np.repeat(column_weight, groups.num_groups, axis=1)
+    centered = stats.arrays.centered
+    if groups.size is not None:
+        return torch.from_numpy(np.einsum("kgs,kg->gs", centered, factor).reshape(-1))
+    return torch.from_numpy(np.einsum("kn,kn->n", centered, factor[:, groups.layout_inverse.numpy()]))
 
 
 def _weighted_sum(columns: Tensor, weights: Tensor) -> Tensor:
@@ -297,6 +322,27 @@ def apply_reward_conditions(rewards: Tensor, specs: Sequence[RewardSpec]) -> Ten
 
 # ----------------------------------------------------------------------------- batch normalization
 
+_BLAS_DOT_MAX = 8192  # longer dot products run without BLAS
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """sum(a * b) of two [N] float64 arrays. BLAS is the cheapest call for short vectors, but
+    OpenBLAS starts threads above ~10^4 elements, and on a shared machine they stall (5-8 ms
+    at 2^15 instead of 10 us); einsum stays on the calling thread. Each N always takes the
+    same branch, so every layout of a batch gets the same bits."""
+    return float(a @ b) if a.size <= _BLAS_DOT_MAX else float(np.einsum("i,i->", a, b))
+
+
+@dataclass
+class ScoreSummary:
+    """Extremes and moments of [N] scores, when the step that produced them knows them."""
+
+    minimum: float
+    maximum: float
+    mean: float
+    std: float  # unbiased
+
+
 def normalize_batch(scores: Tensor, row_weight: Optional[Tensor], mode: str, eps: float) -> Tensor:
     """Whiten scores [N] in place with statistics weighted by row_weight [N] (0 = excluded; None = all 1).
 
@@ -308,31 +354,54 @@ def normalize_batch(scores: Tensor, row_weight: Optional[Tensor], mode: str, eps
     """
     if scores.numel() == 0:
         return scores
+    whitened, _ = whiten(scores.numpy(), None if row_weight is None else row_weight.numpy(), mode, eps)
+    return torch.from_numpy(whitened)
+
+
+def whiten(values: np.ndarray, row_weight: Optional[np.ndarray], mode: str,
+           eps: float) -> tuple[np.ndarray, Optional[ScoreSummary]]:
+    """`normalize_batch` of float64 arrays (in place where it can), plus the summary of the
+    result when every row counts (row_weight None).
+
+    The result is (x - mean) * scale element by element, a non-decreasing map, so its
+    extremes are those of the input mapped the same way (the same IEEE operations on
+    Python floats: equal bit for bit); its mean is 0 and its std the input's times scale,
+    up to rounding. The diagnostics take them from here instead of another pass."""
+    if values.size == 0:
+        return values, None
     if row_weight is None:
-        lo, hi = torch.aminmax(scores)
-        total = torch.tensor(float(scores.numel()), dtype=scores.dtype)
+        n = float(values.size)
+        lo, hi, weighted_sum = float(np.minimum.reduce(values)), float(np.maximum.reduce(values)), float(np.add.reduce(values))
     else:
         included = row_weight > 0
-        lo = torch.where(included, scores, float("inf")).min()
-        hi = torch.where(included, scores, float("-inf")).max()
-        total = row_weight.sum()
-    n, lo, hi = torch.stack([total, lo, hi]).tolist()
+        lo = float(values.min(initial=math.inf, where=included))
+        hi = float(values.max(initial=-math.inf, where=included))
+        n, weighted_sum = float(row_weight.sum()), _dot(row_weight, values)
     if lo > hi:  # nothing included
-        return torch.zeros_like(scores)
+        return np.zeros_like(values), None
     if lo == hi:
-        return scores - lo
-    mean = (scores.sum() if row_weight is None else torch.dot(row_weight, scores)) / n
-    centered = scores.sub_(mean)  # the estimator's own buffer: no second [N] allocation
-    weighted = centered if row_weight is None else row_weight * centered
-    var = float(torch.dot(weighted, centered)) / (n - 1.0) if n > 1.0 else 0.0
+        return values - lo, ScoreSummary(0.0, 0.0, 0.0, 0.0) if row_weight is None else None
+    mean = weighted_sum / n
+    np.subtract(values, mean, out=values)  # the estimator's own buffer: no second [N] allocation
+    var = _dot(values if row_weight is None else row_weight * values, values) / (n - 1.0) if n > 1.0 else 0.0
     std = math.sqrt(var)
     if mode == "add":
-        return centered.mul_(1.0 / (std + eps)) if std + eps > 0.0 else centered
-    if mode == "where_positive":
-        return centered.mul_(1.0 / (std + eps)) if std > 0.0 else centered
-    if mode == "inside_sqrt":
-        return centered.mul_(1.0 / math.sqrt(var + eps)) if var + eps > 0.0 else centered
-    raise ValueError(f"unknown batch_eps_mode {mode!r}")
+        scale = 1.0 / (std + eps) if std + eps > 0.0 else None
+    elif mode == "where_positive":
+        scale = 1.0 / (std + eps) if std > 0.0 else None
+    elif mode == "inside_sqrt":
+        scale = 1.0 / math.sqrt(var + eps) if var + eps > 0.0 else None
+    else:
+        raise ValueError(f"unknown batch_eps_mode {mode!r}")
+    if row_weight is not None:
+        summary = None
+    elif scale is None:
+        summary = ScoreSummary(lo - mean, hi - mean, 0.0, std)
+    else:
+        summary = ScoreSummary((lo - mean) * scale, (hi - mean) * scale, 0.0, std * scale)
+    if scale is not None:
+        np.multiply(values, scale, out=values)
+    return values, summary
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -379,49 +448,59 @@ def _check_finite(rewards: Tensor, names: list[str]) -> None:
                          f"rewards must be finite (use NaN for a missing value)")
 
 
+def _cpu(x: Tensor) -> Tensor:
+    """x on the CPU, out of any autograd graph (as is, when it already is: no call)."""
+    return x if x.is_cpu and not x.requires_grad else x.detach().cpu()
+
+
 def compute_advantages(rewards: Tensor, group_ids: Tensor, algorithm: AlgorithmConfig,
                        response_mask: Optional[Tensor] = None) -> AdvantageResult:
     """Advantages of N rollouts from their K named rewards (NaN = missing) and group ids."""
     numerics = resolve_numerics(algorithm)
     _check_inputs(rewards, group_ids, algorithm, response_mask, numerics)
     names = reward_names(algorithm, rewards.shape[1])
-    weights = torch.tensor(algorithm.reward_weights or [1.0] * rewards.shape[1], dtype=torch.float64)
-    raw = rewards.detach().cpu()
+    weights = torch.from_numpy(np.array(algorithm.reward_weights or [1.0] * rewards.shape[1], dtype=np.float64))
+    raw = _cpu(rewards)
     conditioned = raw
     if any(spec.condition is not None for spec in algorithm.rewards):
         raw = raw.to(torch.float64)  # `otherwise` values are float64 numbers
         _check_finite(raw, names)
         conditioned = apply_reward_conditions(raw, algorithm.rewards)
-    groups = index_groups(group_ids.detach().cpu())
-    stats = column_stats(groups.columns(conditioned), groups)
-    if bool(((stats.maximum == float("inf")) | (stats.minimum == float("-inf"))).any()):
+    groups = index_groups(_cpu(group_ids))
+    stats = group_stats(conditioned, groups)
+    if not stats.all_finite and not math.isfinite(stats.arrays.mean.sum()):  # NaN-aware means: an infinity
         _check_finite(raw, names)
 
     # everything below runs in the layout order of `groups`; the result goes back at the end
     group_scores = ESTIMATORS.get(numerics.estimator).compute(stats, weights, numerics)
-    has_reward = groups.flat(stats.valid).any(dim=0) if stats.any_missing else None
-    num_with_reward = groups.num_rows if has_reward is None else int(has_reward.sum())
+    # NumPy from here: the batch step and the diagnostics are a few calls on [N] arrays
+    scores = group_scores.scores.numpy()
+    has_reward = None
+    if stats.any_missing:
+        values = stats.arrays.values
+        has_reward = np.logical_or.reduce(values == values, axis=0).reshape(-1)
+    num_with_reward = groups.num_rows if has_reward is None else int(np.count_nonzero(has_reward))
     all_rewarded = num_with_reward == groups.num_rows
-    scores = group_scores.scores
     if not all_rewarded:
-        scores = torch.where(has_reward, scores, 0.0)
+        scores = np.where(has_reward, scores, 0.0)
 
-    mask = None if response_mask is None else response_mask.detach().cpu().to(torch.float64)
+    mask = None if response_mask is None else _cpu(response_mask).to(torch.float64)
+    summary = None
     if numerics.batch_norm == "sample":
-        weight = None if all_rewarded else has_reward.to(torch.float64)
-        scores = normalize_batch(scores, weight, numerics.batch_eps_mode, numerics.batch_eps)
+        weight = None if all_rewarded else has_reward.astype(np.float64)
+        scores, summary = whiten(scores, weight, numerics.batch_eps_mode, numerics.batch_eps)
     elif numerics.batch_norm == "token":
-        lengths = groups.to_layout(mask.sum(dim=1))
+        lengths = groups.to_layout(mask.sum(dim=1)).numpy()
         lengths = lengths if all_rewarded else lengths * has_reward
-        scores = normalize_batch(scores, lengths, numerics.batch_eps_mode, numerics.batch_eps)
-    final = scores if all_rewarded else torch.where(has_reward, scores, 0.0)
-    diagnostics = advantage_diagnostics(raw, stats, final, num_with_reward, algorithm.rewards, names)
+        scores, _ = whiten(scores, lengths, numerics.batch_eps_mode, numerics.batch_eps)
+    final = scores if all_rewarded else np.where(has_reward, scores, 0.0)
+    diagnostics = advantage_diagnostics(raw, stats, final, num_with_reward, algorithm.rewards, names, summary)
     if not (math.isfinite(diagnostics["adv/min"]) and math.isfinite(diagnostics["adv/max"])):
         raise FloatingPointError(f"non-finite advantage produced with {numerics.as_dict()}")  # a bug: fail loudly
     if group_scores.gpg_alpha is not None:
         diagnostics["adv/gpg_alpha"] = group_scores.gpg_alpha
 
-    advantages = groups.from_layout(final.to(torch.float32))
+    advantages = groups.from_layout(torch.from_numpy(final.astype(np.float32)))
     token_advantages = None
     if mask is not None:
         token_advantages = advantages.unsqueeze(1) * mask.to(torch.float32)
@@ -430,17 +509,26 @@ def compute_advantages(rewards: Tensor, group_ids: Tensor, algorithm: AlgorithmC
 
 # ----------------------------------------------------------------------------- diagnostics
 
-def advantage_diagnostics(raw: Tensor, stats: GroupStats, final: Tensor, num_with_reward: int,
-                          specs: Sequence[RewardSpec], names: list[str]) -> dict[str, float]:
+@functools.lru_cache(maxsize=64)
+def _reward_keys(names: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    return tuple(tuple(f"reward/{name}/{stat}" for name in names)
+                 for stat in ("std", "missing_frac", "zero_var_group_frac"))
+
+
+def advantage_diagnostics(raw: Tensor, stats: GroupStats, final: Union[Tensor, np.ndarray], num_with_reward: int,
+                          specs: Sequence[RewardSpec], names: list[str],
+                          summary: Optional[ScoreSummary] = None) -> dict[str, float]:
     """Flat, log-ready statistics of one batch (keys in docs/advantages.md).
 
     Reward statistics come from the per-group statistics already computed for the
-    estimator (pooled mean and variance: the groups' squared deviations plus their
-    count-weighted squared offsets from the pooled mean); `final` [N] float64 is in the
-    layout order of the groups. Everything is gathered into one tensor and read back once.
+    estimator; `final` [N] float64 is in the layout order of the groups, `summary` its
+    extremes and moments when the batch step knows them. The arithmetic on these small
+    arrays runs in NumPy: every per-reward sum over the groups is one reduction of one
+    array, the rest is arithmetic on K numbers.
     """
     groups = stats.groups
     n = groups.num_rows
+    k = len(names)
     out: dict[str, float] = {}
     if n == 0:
         for name in names:
@@ -451,44 +539,55 @@ def advantage_diagnostics(raw: Tensor, stats: GroupStats, final: Tensor, num_wit
         out["groups/count"] = 0.0
         out["groups/size_mean"] = 0.0
         return out
-    count = stats.count
-    present = count.sum(1)  # [K]
-    pooled_mean = stats.total.sum(1) / present.clamp(min=1.0)
-    spread = stats.sq_dev.sum(1) + (count * (stats.mean - pooled_mean.unsqueeze(1)).square()).sum(1)
-    varies = (stats.minimum.amin(1) < stats.maximum.amax(1)) & (present >= 2)
-    pooled_std = torch.where(varies, (spread / (present - 1.0).clamp(min=1.0)).sqrt(), 0.0)
-    with_values = count >= 1
-    zero_var = (with_values & (stats.minimum == stats.maximum)).sum(1) / with_values.sum(1).clamp(min=1)
-    # advantages are centered within their groups, so the one-pass variance loses no digits
-    adv_mean = final.sum() / n
-    squares = torch.dot(final, final)
-    adv_std = ((squares - n * adv_mean * adv_mean).clamp(min=0.0) / (n - 1)).sqrt() if n > 1 else final.new_zeros(())
-    lo, hi = torch.aminmax(final)
-    summary = [pooled_mean, pooled_std, present, zero_var, torch.stack([adv_mean, adv_std, lo, hi, (final == 0).sum()])]
-    gates = [(spec.name, raw[:, names.index(spec.condition.reward)], spec.condition.threshold)
-             for spec in specs if spec.condition is not None]
-    if gates:
-        summary.append(torch.stack([((gate >= threshold).sum() / (gate == gate).sum().clamp(min=1)).to(torch.float64)
-                                    for _, gate, threshold in gates]))
-    values = torch.cat([v if v.dtype == torch.float64 else v.to(torch.float64) for v in summary]).tolist()
-
-    k = len(names)
-    for row, stat in enumerate(("mean", "std", "missing_frac", "zero_var_group_frac")):
-        if stat == "mean":
-            continue  # the pooled mean only feeds the std here; reward/<name>/mean is the trainer's
-        for col, name in enumerate(names):
-            value = values[row * k + col]
-            out[f"reward/{name}/{stat}"] = 1.0 - value / n if stat == "missing_frac" else value
-    adv = values[4 * k:]
-    for (name, _, _), value in zip(gates, adv[5:]):
-        out[f"reward/{name}/gate_open_frac"] = value
-    out.update({"adv/mean": adv[0], "adv/std": adv[1], "adv/min": adv[2], "adv/max": adv[3],
-                "adv/zero_frac": adv[4] / n, "adv/all_missing_frac": 1.0 - num_with_reward / n})
-    # advantages equal to RESOLUTION_DECIMALS decimals count as one value (exact integers in float64)
-    quantized = (final * 10.0 ** RESOLUTION_DECIMALS).round_()
-    if max(-adv[2], adv[3]) * 10.0 ** RESOLUTION_DECIMALS < 2.0 ** 31:  # narrower keys sort faster
-        quantized = quantized.to(torch.int32)
-    distinct = groups.count_distinct(quantized)
+    _, count, mean, sq_dev, _ = stats.arrays
+    # pooled over the batch: the groups' squared deviations plus their count-weighted squared
+    # offsets d from the pooled mean, taken around one group's mean (exact zeros when every
+    # value is equal) as sum count * d^2 - (sum count * d)^2 / present
+    full = stats.common_count is not None  # every group holds all its values
+    if full:
+        parts = np.empty((3, k, groups.num_groups))
+        offset = np.subtract(mean, mean[:, :1], out=parts[0])
+        np.multiply(offset, offset, out=parts[1])
+        np.equal(sq_dev, 0.0, out=parts[2])  # constant groups: their deviations are exact zeros
+        offsets, between, zero_var = np.add.reduce(parts, axis=-1).tolist()
+        size = float(stats.common_count)
+        between, offsets = [size * b for b in between], [size * o for o in offsets]
+        present, groups_with_values = [float(n)] * k, [float(groups.num_groups)] * k
+    else:
+        parts = np.empty((5, k, groups.num_groups))
+        with_values = np.greater_equal(count, 1.0, out=parts[3])
+        reference = np.take_along_axis(mean, with_values.argmax(1)[:, None], 1)  # a group with values
+        offset = np.subtract(mean, reference, out=parts[0])
+        np.multiply(offset, offset, out=parts[1])
+        np.multiply(parts[1], count, out=parts[1])  # count * d^2
+        np.multiply(offset, count, out=offset)  # count * d
+        np.logical_and(sq_dev == 0.0, with_values, out=parts[2])
+        np.copyto(parts[4], count)
+        offsets, between, zero_var, groups_with_values, present = parts.sum(-1).tolist()
+    squares = stats.sq_totals
+    stds = [math.sqrt((squares[col] + max(between[col] - offsets[col] * offsets[col] / max(present[col], 1.0), 0.0))
+                      / (present[col] - 1.0)) if present[col] >= 2.0 else 0.0 for col in range(k)]
+    std_keys, missing_keys, zero_var_keys = _reward_keys(tuple(names))
+    out.update(zip(std_keys, stds))
+    out.update(zip(missing_keys, [1.0 - p / n for p in present]))
+    out.update(zip(zero_var_keys, [z / max(w, 1.0) for z, w in zip(zero_var, groups_with_values)]))
+    for spec in specs:
+        if spec.condition is not None:
+            gate = raw[:, names.index(spec.condition.reward)]
+            opened = float((gate >= spec.condition.threshold).sum()) / max(float((gate == gate).sum()), 1.0)
+            out[f"reward/{spec.name}/gate_open_frac"] = opened
+    adv = final if isinstance(final, np.ndarray) else final.numpy()
+    if summary is None:
+        adv_min, adv_max = float(adv.min()), float(adv.max())
+        adv_mean = float(adv.sum()) / n
+        # advantages are centered within their groups, so the one-pass variance loses no digits
+        adv_std = math.sqrt(max(_dot(adv, adv) - n * adv_mean * adv_mean, 0.0) / (n - 1)) if n > 1 else 0.0
+    else:
+        adv_min, adv_max, adv_mean, adv_std = summary.minimum, summary.maximum, summary.mean, summary.std
+    out.update({"adv/mean": adv_mean, "adv/std": adv_std, "adv/min": adv_min, "adv/max": adv_max,
+                "adv/zero_frac": (n - int(np.count_nonzero(adv))) / n, "adv/all_missing_frac": 1.0 - num_with_reward / n})
+    # advantages equal to RESOLUTION_DECIMALS decimals count as one value
+    distinct = groups.count_distinct(adv, scale=10.0 ** RESOLUTION_DECIMALS)
     out["adv/resolution_mean"] = distinct / groups.num_groups
     out["groups/count"] = float(groups.num_groups)
     out["groups/size_mean"] = n / groups.num_groups

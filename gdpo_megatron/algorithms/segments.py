@@ -15,25 +15,39 @@ dimension (several times faster than reducing across the middle of [N, K]).
   holding the rows in that order. Unequal groups are gathered into padded
   [K, G_b, S_b] blocks (pads hold each reduction's identity; exact sizes when there are
   few distinct ones, powers of two otherwise, so padding at most doubles the work);
-  per-row values reach their groups' statistics by one gather.
+  per-row values reach their groups' statistics by one gather. Given equal groups, the
+  padded code computes the same bits as the table.
+
+The statistics are computed in NumPy and handed out as tensors that share their memory
+(`GroupStats.arrays` and the tensor properties). Below ~2^15 rollouts the stage is bound
+by the fixed cost of each call, and a NumPy call on a small array costs a third to a half
+of a torch call; every row sum goes through one einsum reduction, as fast as torch's at
+any size, and element-wise operations are the same IEEE operations either way. The
+quantities only some estimators need (group sums, extremes, leave-one-out pieces) are
+computed with torch on first use.
 
 Exactness matters more than elegance here: a group whose valid values are all equal
 produces exactly zero centered values and exactly zero spread (users read "zero-variance
 group" diagnostics, and `where_positive` epsilon modes branch on std == 0). The mean of
-such a group is its minimum, not a rounded sum / count, so every centered value is an
-exact 0 without a separate mask.
+a group is its first valid value plus the mean offset of the values from it, so the mean
+of such a group is that value exactly (the offsets are exact zeros), every centered value
+is an exact 0 without a separate mask, and no minimum or maximum is needed (they, and the
+group sums, are computed only when asked for).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Optional
+from typing import NamedTuple, Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
 _EXACT_SIZE_BLOCKS = 8  # up to this many distinct group sizes, each size gets its own block
+_NUMPY_FLOATS = (torch.float32, torch.float64)
 
 
 @dataclass(frozen=True)
@@ -44,7 +58,7 @@ class _Block:
     rows: Tensor  # [G_b, S_b] int64
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False)
 class GroupIndex:
     """How the N rows of a batch map to groups numbered 0..num_groups-1 (sorted order of the ids).
 
@@ -89,11 +103,18 @@ class GroupIndex:
 
         One copy does the transpose and the conversion (mixed float32/float64 arithmetic
         later would convert again inside every operation)."""
-        cols = x.t()
-        if self.order is not None:
-            cols = cols.index_select(1, self.order)
-        cols = cols.to(torch.float64, memory_format=torch.contiguous_format)
-        return cols.view(cols.shape[0], self.num_groups, self.size) if self.size is not None else cols
+        return torch.from_numpy(self.column_table(x))
+
+    def column_table(self, x: Tensor) -> np.ndarray:
+        """`columns` as a NumPy array (C-contiguous)."""
+        if self.order is None and x.is_cpu and not x.requires_grad and x.dtype in _NUMPY_FLOATS:
+            table = x.numpy().T.astype(np.float64, order="C")
+        else:
+            cols = x.detach().cpu().t()
+            if self.order is not None:
+                cols = cols.index_select(1, self.order)
+            table = cols.to(torch.float64, memory_format=torch.contiguous_format).numpy()
+        return table.reshape(table.shape[0], self.num_groups, self.size) if self.size is not None else table
 
     def flat(self, y: Tensor) -> Tensor:
         """`columns`-shaped -> [K, N] (layout order)."""
@@ -141,20 +162,25 @@ class GroupIndex:
             out[:, block.groups] = part
         return out
 
-    def count_distinct(self, values: Tensor) -> int:
-        """Sum over groups of the number of distinct values among the group's rows (layout-order [N])."""
+    def count_distinct(self, values: np.ndarray, scale: float = 1.0) -> int:
+        """Sum over groups of the number of distinct values among the group's rows (layout-order
+        [N] float array; NumPy sorts short rows several times faster than torch). Values count
+        as equal when rint(value * scale) is: that is monotone, so the rows are rounded after
+        the sort."""
         if self.size is not None:
-            ordered = values.view(self.num_groups, self.size).sort(dim=1).values
-            return self.num_groups + int((ordered[:, 1:] != ordered[:, :-1]).sum())
-        # sorts after every real value; not counted
-        pad = float("inf") if values.is_floating_point() else torch.iinfo(values.dtype).max
-        padded = torch.cat([values, values.new_full((1,), pad)])
+            ordered = np.multiply(values.reshape(self.num_groups, self.size), scale)
+            ordered.sort(axis=1)
+            np.rint(ordered, out=ordered)
+            return self.num_groups + int(np.count_nonzero(ordered[:, 1:] != ordered[:, :-1]))
+        padded = np.append(values * scale, np.inf)  # sorts after every real value; not counted
         total = 0
         for block in self._blocks:
-            ordered = padded[block.rows].sort(dim=1).values
-            real = ordered != pad
+            ordered = padded[block.rows.numpy()]
+            ordered.sort(axis=1)
+            real = ordered != np.inf
+            np.rint(ordered, out=ordered)
             changes = (ordered[:, 1:] != ordered[:, :-1]) & real[:, 1:]
-            total += int(real[:, 0].sum() + changes.sum())
+            total += int(np.count_nonzero(real[:, 0])) + int(np.count_nonzero(changes))
         return total
 
 
@@ -166,7 +192,10 @@ def _reduce_rows(table: Tensor, how: str) -> Tensor:
 
 
 def index_groups(group_ids: Tensor) -> GroupIndex:
-    """Group ids [N] (any integers, any order) -> GroupIndex; contiguous equal groups cost O(N) and no sort."""
+    """Group ids [N] (any integers, any order) -> GroupIndex; contiguous equal groups cost O(N) and no sort.
+
+    The batch is already in layout order when its runs of equal ids come in increasing id
+    order: each group is then one run."""
     if group_ids.dim() != 1:
         raise ValueError(f"group_ids must be 1-D [N], got shape {tuple(group_ids.shape)}")
     if group_ids.is_floating_point() or group_ids.is_complex() or group_ids.dtype == torch.bool:
@@ -174,18 +203,57 @@ def index_groups(group_ids: Tensor) -> GroupIndex:
     n = int(group_ids.numel())
     if n == 0:
         return GroupIndex(num_groups=0, num_rows=0, sizes=torch.zeros(0, dtype=torch.int64), size=1)
+    ids = (group_ids if group_ids.is_cpu and not group_ids.requires_grad else group_ids.detach().cpu()).numpy()
+    changes = ids[1:] != ids[:-1]
+    num = int(np.count_nonzero(changes)) + 1
+    size = n // num
+    # num runs, num - 1 of them ending one row before a multiple of n / num: equally long runs
+    if size * num == n and _all(changes[size - 1::size]):
+        heads = ids[::size]
+        if _all(heads[1:] > heads[:-1]):  # one run per group, in id order: the layout already
+            return GroupIndex(num_groups=num, num_rows=n, sizes=_equal_sizes(num, size), size=size)
+        ends = None
+    else:
+        ends = np.flatnonzero(changes)
     order = None
-    if not bool((group_ids[1:] >= group_ids[:-1]).all()):
+    if ends is None or not bool((ids[ends] < ids[ends + 1]).all()):
         # some group is split or out of order: sort (stable keeps the rows' relative order)
         order = torch.argsort(group_ids, stable=True)
-        group_ids = group_ids.index_select(0, order)
-    heads, counts = torch.unique_consecutive(group_ids, return_counts=True)
-    lo, hi = torch.aminmax(counts)
-    size = int(lo) if bool(lo == hi) else None
-    return GroupIndex(num_groups=int(heads.numel()), num_rows=n, sizes=counts, order=order, size=size)
+        ends = _run_ends(ids[order.numpy()])
+    num = ends.size + 1
+    size = n // num
+    if size * num == n and not ((ends + 1) % size).any():
+        return GroupIndex(num_groups=num, num_rows=n, sizes=_equal_sizes(num, size), order=order, size=size)
+    bounds = np.empty(num + 1, dtype=np.int64)
+    bounds[0], bounds[1:-1], bounds[-1] = -1, ends, n - 1
+    return GroupIndex(num_groups=num, num_rows=n, sizes=torch.from_numpy(np.diff(bounds)), order=order)
 
 
-@dataclass(frozen=True, eq=False)
+_all = np.logical_and.reduce  # ndarray.all() without its Python wrapper (the layout check is on the hot path)
+
+
+def _equal_sizes(num: int, size: int) -> Tensor:
+    sizes = np.empty(num, dtype=np.int64)
+    sizes.fill(size)
+    return torch.from_numpy(sizes)
+
+
+def _run_ends(ids: np.ndarray) -> np.ndarray:
+    """Positions i where ids[i] != ids[i + 1]: the last row of every run of equal ids but the final one."""
+    return np.flatnonzero(ids[1:] != ids[:-1])
+
+
+class GroupArrays(NamedTuple):
+    """The statistics as NumPy arrays, the tensors of `GroupStats` are views of them."""
+
+    values: np.ndarray  # columns-shaped
+    count: Optional[np.ndarray]  # [K, G]; None when every group holds all its `common_count` values
+    mean: np.ndarray  # [K, G]
+    sq_dev: np.ndarray  # [K, G]
+    centered: np.ndarray  # columns-shaped
+
+
+@dataclass(eq=False)
 class GroupStats:
     """Per-group statistics of the columns of x [N, K] (NaN = missing), computed in one pass.
 
@@ -194,17 +262,43 @@ class GroupStats:
     for equal groups, else [K, N]; `groups.flat` gives [K, N], `groups.from_layout` on
     its transpose gives batch order). Constant groups (all valid values equal, or at most
     one valid value) have mean == their value and exactly zero centered values and sq_dev.
+    The statistics live in `arrays`; each tensor is a view made on first use. Nothing here
+    is modified after construction.
     """
 
     groups: GroupIndex
-    values: Tensor  # columns, float64, NaN = missing
-    count: Tensor  # number of valid values
-    total: Tensor  # sum of valid values
-    mean: Tensor  # 0 where count == 0
-    minimum: Tensor  # +inf where count == 0
-    maximum: Tensor  # -inf where count == 0
-    sq_dev: Tensor  # sum of squared deviations from the group mean
+    arrays: GroupArrays
+    sq_totals: list[float]  # per reward: sq_dev summed over the groups
     any_missing: bool  # some value is NaN
+    all_finite: bool = False  # True: no value is NaN or infinite (False: some may be)
+    common_count: Optional[int] = None  # the count of every group when they are all equal and full
+
+    @cached_property
+    def values(self) -> Tensor:
+        """Columns-shaped float64, NaN = missing."""
+        return torch.from_numpy(self.arrays.values)
+
+    @cached_property
+    def count(self) -> Tensor:
+        """[K, G] number of valid values."""
+        if self.arrays.count is None:
+            return torch.full(tuple(self.arrays.mean.shape), float(self.common_count), dtype=torch.float64)
+        return torch.from_numpy(self.arrays.count)
+
+    @cached_property
+    def mean(self) -> Tensor:
+        """[K, G] mean of the valid values, 0 where count == 0."""
+        return torch.from_numpy(self.arrays.mean)
+
+    @cached_property
+    def sq_dev(self) -> Tensor:
+        """[K, G] sum of squared deviations from the group mean (0 in constant groups)."""
+        return torch.from_numpy(self.arrays.sq_dev)
+
+    @cached_property
+    def centered(self) -> Tensor:
+        """Columns-shaped float64: value - group mean, exactly 0 in constant groups and where missing."""
+        return torch.from_numpy(self.arrays.centered)
 
     @cached_property
     def valid(self) -> Tensor:
@@ -212,30 +306,37 @@ class GroupStats:
         return self.values == self.values
 
     @cached_property
-    def centered(self) -> Tensor:
-        """Columns-shaped float64: value - group mean, exactly 0 in constant groups and where missing."""
-        centered = self.values - self._mean_rows
-        return centered.nan_to_num_(0.0) if self.any_missing else centered
+    def total(self) -> Tensor:
+        """[K, G] sum of the valid values."""
+        return self.groups.reduce(torch.where(self.valid, self.values, 0.0), "sum")
 
     @cached_property
-    def _mean_rows(self) -> Tensor:
-        return self.groups.per_row(self.mean)
+    def minimum(self) -> Tensor:
+        """[K, G] smallest valid value (+inf where count == 0)."""
+        return self.groups.reduce(torch.where(self.valid, self.values, float("inf")), "amin")
 
-    def centered_column(self, k: int, out: Tensor) -> Tensor:
-        """Reward k's centered values written into `out` (float64, shaped like `values[k]`),
-        without materializing every column."""
-        torch.sub(self.values[k], self._mean_rows[k], out=out)
-        return out.nan_to_num_(0.0) if self.any_missing else out
+    @cached_property
+    def maximum(self) -> Tensor:
+        """[K, G] largest valid value (-inf where count == 0)."""
+        return self.groups.reduce(torch.where(self.valid, self.values, float("-inf")), "amax")
 
     @property
     def constant(self) -> Tensor:
         """[K, G] groups whose valid values are all equal (including 0 or 1 valid values)."""
         return (self.count <= 1) | (self.minimum == self.maximum)
 
+    def std_array(self, correction: int) -> np.ndarray:
+        """[K, G] standard deviation with denominator count - correction (a fresh array); exactly 0
+        where constant or undefined (count <= correction: sq_dev is 0 there)."""
+        if self.common_count is not None:  # one divisor for all: a scalar (the same quotients)
+            variance = self.arrays.sq_dev / float(max(self.common_count - correction, 1))
+        else:
+            variance = self.arrays.sq_dev / np.maximum(self.arrays.count - correction, 1.0)
+        return np.sqrt(variance, out=variance)
+
     def std(self, correction: int) -> Tensor:
-        """[K, G] standard deviation with denominator count - correction; exactly 0 where
-        constant or undefined (count <= correction: sq_dev is 0 there)."""
-        return (self.sq_dev / (self.count - correction).clamp(min=1.0)).sqrt()
+        """`std_array` as a tensor."""
+        return torch.from_numpy(self.std_array(correction))
 
     # -- leave-one-out pieces (only leave-one-out numerics need them)
 
@@ -263,71 +364,115 @@ class GroupStats:
 
 def group_stats(x: Tensor, groups: GroupIndex) -> GroupStats:
     """NaN-aware per-group statistics of the columns of x [N, K] (any float dtype, batch order)."""
-    return column_stats(groups.columns(x), groups)
+    return _table_stats(groups.column_table(x), groups)
 
 
 def column_stats(values: Tensor, groups: GroupIndex) -> GroupStats:
-    """`group_stats` of values already in the column layout (`groups.columns`).
+    """`group_stats` of float64 values already in the column layout (`groups.columns`)."""
+    return _table_stats(np.ascontiguousarray(values.detach().cpu().numpy(), dtype=np.float64), groups, values)
 
-    Equal groups first reduce the raw values (a group holding a NaN comes out NaN), then
-    redo only the (reward, group) pairs that hold a missing value with the NaN-aware
-    reductions: batches without missing rewards pay for no masking at all. Sums
-    accumulate in float64; the squared deviations are summed one reward at a time
-    through one scratch buffer (the batch is bound by memory traffic, not arithmetic).
+
+def _table_stats(table: np.ndarray, groups: GroupIndex, values: Optional[Tensor] = None) -> GroupStats:
+    """The statistics of a column table (`GroupIndex.column_table`); `values` is its tensor when known.
+
+    Equal groups first take the offsets from each group's first value without any mask (a
+    group holding a NaN comes out NaN), then redo only the (reward, group) pairs whose sum
+    is not finite with the NaN-aware moments: batches without missing rewards pay for no
+    masking at all (a finite sum of the offsets proves that no value is NaN or infinite).
+    Sums accumulate in float64, all of them through the same row reduction
+    (`_row_sums`), so that every layout reaches the same bits. One [K, N] scratch buffer
+    serves the offsets and then the centered values (large batches are bound by
+    first-touch page faults of fresh buffers, not by arithmetic).
     """
     if groups.size is None:
-        return _masked_stats(values, groups)
-    f64 = torch.float64
-    total = values.sum(-1)
-    minimum = values.amin(-1)
-    maximum = values.amax(-1)
-    count = torch.full_like(total, float(groups.size))
-    incomplete = torch.isnan(total)
-    any_missing = bool(incomplete.any())
-    if any_missing:
-        pairs = incomplete.flatten().nonzero().flatten()
-        if 4 * pairs.numel() > incomplete.numel():  # most pairs: one masked pass beats gather + scatter
-            count, total, minimum, maximum = _masked_reductions(values)
-        else:
-            parts = _masked_reductions(values.reshape(-1, groups.size)[pairs])
-            for whole, part in zip((count, total, minimum, maximum), parts):
-                whole.view(-1)[pairs] = part
-    # constant groups (incl. a single value) take their exact value as the mean; no values -> 0
-    mean = torch.where(minimum == maximum, minimum, total / count.clamp(min=1.0))
-    stats = GroupStats(groups=groups, values=values, count=count, total=total, mean=mean, minimum=minimum,
-                       maximum=maximum, sq_dev=torch.empty_like(total), any_missing=any_missing)
-    scratch = torch.empty(values.shape[1:], dtype=f64)
-    for k in range(values.shape[0]):
-        torch.linalg.vector_norm(stats.centered_column(k, scratch), dim=-1, out=stats.sq_dev[k])
-    stats.sq_dev.square_()
+        with np.errstate(invalid="ignore"):
+            return _padded_stats(values, table, groups)
+    size = groups.size
+    with np.errstate(invalid="ignore"):  # infinite rewards (rejected by the caller) make inf - inf here
+        scratch = np.subtract(table, table[:, :, :1])
+        offsets = _row_sums(scratch)
+        all_finite = math.isfinite(np.add.reduce(offsets, axis=None))  # NaN and infinities reach the sum
+        # mean = first value + mean offset: a constant group's offsets are exact zeros
+        mean = np.add(table[:, :, 0], offsets / size)
+        count = None
+        any_missing = False
+        if not all_finite:
+            count = np.full(mean.shape, float(size))
+            pairs = np.flatnonzero(~np.isfinite(offsets))
+            rows = table.reshape(-1, size)
+            if 4 * pairs.size > mean.size:  # most pairs: one masked pass beats gather + scatter
+                count, mean = (part.reshape(mean.shape) for part in _masked_moments(rows))
+            else:
+                count.reshape(-1)[pairs], mean.reshape(-1)[pairs] = _masked_moments(rows[pairs])
+            any_missing = bool((count < size).any())
+            if not any_missing:
+                count = None
+        centered = np.subtract(table, mean[:, :, None], out=scratch)
+        if any_missing:
+            np.copyto(centered, 0.0, where=np.isnan(centered))
+        sq_dev = _row_sums(centered, centered)
+        sq_totals = np.add.reduce(sq_dev, axis=-1).tolist()
+    return _stats(groups, values, table, count, mean, sq_dev, centered, sq_totals, any_missing, all_finite,
+                  None if any_missing else size)
+
+
+def _row_sums(rows: np.ndarray, other: Optional[np.ndarray] = None) -> np.ndarray:
+    """Sums over the last dimension (of rows * other when given): the one reduction of the
+    statistics. On C-contiguous rows each row's sum depends only on its values, whatever
+    the leading shape."""
+    return np.einsum("...s->...", rows) if other is None else np.einsum("...s,...s->...", rows, other)
+
+
+def _masked_moments(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Count and mean of the valid values over the last dimension (float64; NaN = missing,
+    mean 0 without any): the first valid value plus the mean offset from it, the
+    arithmetic of the unmasked path where every value is valid."""
+    valid = rows == rows
+    count = np.einsum("...s->...", valid.view(np.uint8), dtype=np.float64)
+    shift = np.take_along_axis(rows, valid.argmax(-1)[..., None], -1)  # a NaN where nothing is valid
+    offsets = np.subtract(rows, shift)
+    np.copyto(offsets, 0.0, where=~valid)
+    offsets = _row_sums(offsets)
+    mean = np.where(count > 0, shift[..., 0] + offsets / np.maximum(count, 1.0), 0.0)
+    return count, mean
+
+
+def _padded_stats(values: Optional[Tensor], table: np.ndarray, groups: GroupIndex) -> GroupStats:
+    """`column_stats` of unequal groups: NaN-aware moments over padded blocks (pads are NaN,
+    then 0 in the centered values). Given equal groups (one block) it computes what
+    `column_stats` does, bit for bit."""
+    k = table.shape[0]
+    count, mean, sq_dev = (np.empty((k, groups.num_groups)) for _ in range(3))
+    padded = np.concatenate([table, np.full((k, 1), np.nan)], axis=1)
+    for block in groups._blocks:
+        members = block.groups.numpy()
+        count[:, members], mean[:, members] = _masked_moments(_gather(padded, block))
+    valid = table == table
+    centered = np.where(valid, table - mean[:, groups.layout_inverse.numpy()], 0.0)
+    padded = np.concatenate([centered, np.zeros((k, 1))], axis=1)
+    for block in groups._blocks:
+        rows = _gather(padded, block)
+        sq_dev[:, block.groups.numpy()] = _row_sums(rows, rows)
+    stats = _stats(groups, values, table, count, mean, sq_dev, centered, sq_dev.sum(-1).tolist(),
+                   not bool(valid.all()), False, None)
+    stats.valid = torch.from_numpy(valid)  # known: cache it
     return stats
 
 
-def _masked_reductions(table: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """count, sum, min, max over the last dimension, leaving NaN out (float64).
-
-    One scratch tensor serves both extremes (NaN replaced by +inf, then by -inf; real
-    infinities are kept so that the caller can reject them)."""
-    inf = float("inf")
-    count = (table == table).sum(-1, dtype=torch.float64)
-    filled = torch.nan_to_num(table, nan=inf, posinf=inf, neginf=-inf)
-    minimum = filled.amin(-1)
-    maximum = torch.nan_to_num(table, nan=-inf, posinf=inf, neginf=-inf, out=filled).amax(-1)
-    return count, table.nansum(-1), minimum, maximum
+def _gather(padded: np.ndarray, block: _Block) -> np.ndarray:
+    """[K, N + 1] -> the block's [K, G_b, S_b] rows, C-contiguous like the table of equal groups
+    (a reduction's inner loop, and so its rounding, depends on the memory layout)."""
+    return np.ascontiguousarray(padded[:, block.rows.numpy()])
 
 
-def _masked_stats(values: Tensor, groups: GroupIndex) -> GroupStats:
-    """`column_stats` of unequal groups: NaN-aware reductions over padded blocks."""
-    valid = values == values
-    count = groups.reduce(valid, "sum")
-    total = groups.reduce(torch.where(valid, values, 0.0), "sum")
-    minimum = groups.reduce(torch.where(valid, values, float("inf")), "amin")
-    maximum = groups.reduce(torch.where(valid, values, float("-inf")), "amax")
-    mean = torch.where(minimum == maximum, minimum, total / count.clamp(min=1.0))
-    centered = torch.where(valid, values - groups.per_row(mean), 0.0)
-    sq_dev = groups.reduce(centered * centered, "sum")
-    return GroupStats(groups=groups, values=values, count=count, total=total, mean=mean, minimum=minimum,
-                      maximum=maximum, sq_dev=sq_dev, any_missing=not bool(valid.all()))
+def _stats(groups: GroupIndex, values: Optional[Tensor], table: np.ndarray, count: np.ndarray, mean: np.ndarray,
+           sq_dev: np.ndarray, centered: np.ndarray, sq_totals: list[float], any_missing: bool, all_finite: bool,
+           common_count: Optional[int]) -> GroupStats:
+    stats = GroupStats(groups=groups, arrays=GroupArrays(table, count, mean, sq_dev, centered), sq_totals=sq_totals,
+                       any_missing=any_missing, all_finite=all_finite, common_count=common_count)
+    if values is not None:  # the caller's tensor of the table
+        stats.values = values
+    return stats
 
 
 def leave_one_out_centered(stats: GroupStats) -> Tensor:
