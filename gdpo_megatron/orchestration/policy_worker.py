@@ -81,7 +81,13 @@ class PolicyWorker(RefitSender):  # RefitSender: export_weights* for every refit
         batch.set_advantages(result.advantages, result.token_advantages)
         timings["time/advantage"] = time.perf_counter() - start
         start = time.perf_counter()
-        batch.old_logprobs = self.policy.compute_logprobs(batch)
+        mini_batches, epochs = self.recipe.trainer.mini_batches_per_step, self.recipe.trainer.ppo_epochs
+        excluded = shard.trainable is not None and not bool(torch.as_tensor(shard.trainable).all())
+        # With one update per step the training forward yields the old logprobs (MegatronPolicy.train).
+        # Its micro-batches are cut to the length of the rows that enter the loss, so when some rows
+        # are excluded and the mismatch (which measures every row) is due, a separate pass is needed.
+        if not self.policy.single_update(mini_batches, epochs) or (check_mismatch and excluded):
+            batch.old_logprobs = self.policy.compute_logprobs(batch)
         if self.policy.uses_reference:
             batch.ref_logprobs = self.policy.compute_reference_logprobs(batch)
         timings["time/logprobs"] = time.perf_counter() - start
@@ -89,9 +95,11 @@ class PolicyWorker(RefitSender):  # RefitSender: export_weights* for every refit
         metrics: dict[str, Any] = dict(result.diagnostics)
         # Rollouts the trainer excludes (overlong filtering) leave the loss and its token and
         # sequence counts; they stay in `batch` for the mismatch measurement below.
-        trained = self.policy.train(batch.with_loss_rows(shard.trainable),
-                                    num_mini_batches=self.recipe.trainer.mini_batches_per_step,
-                                    epochs=self.recipe.trainer.ppo_epochs, gpg_alpha=result.gpg_alpha)
+        loss_batch = batch.with_loss_rows(shard.trainable)
+        trained = self.policy.train(loss_batch, num_mini_batches=mini_batches, epochs=epochs,
+                                    gpg_alpha=result.gpg_alpha)
+        if batch.old_logprobs is None:
+            batch.old_logprobs = loss_batch.old_logprobs  # the training forward's; complete when no row was excluded
         timings["time/policy_update"] = time.perf_counter() - start
         metrics.update({f"train/{name}": value for name, value in trained.items()})
         metrics.update(timings)
