@@ -17,6 +17,17 @@ from gdpo_megatron.orchestration.refit import RefitSender
 from gdpo_megatron.rollout_batch import RolloutShard
 
 
+def cpu_threads(world_size: int, nodes: int) -> int:
+    """Intra-op threads of one policy rank on a CPU host: OMP_NUM_THREADS shared by its node's policy ranks.
+
+    Generation and training take turns within a step, so while the policy updates, its ranks
+    have the node's threads to themselves. Ray sets OMP_NUM_THREADS to the actor's CPU count
+    (1) unless the user exported it.
+    """
+    per_node = -(-world_size // max(1, nodes))
+    return max(1, int(os.environ.get("OMP_NUM_THREADS", "1")) // per_node)
+
+
 class PolicyWorker(RefitSender):  # RefitSender: export_weights* for every refit transport
     """Created without touching torch.distributed; `setup` joins the group once rank 0's address is known."""
 
@@ -25,10 +36,10 @@ class PolicyWorker(RefitSender):  # RefitSender: export_weights* for every refit
         from gdpo_megatron.config.schema import build
         from gdpo_megatron.orchestration.devices import current_placement
 
-        torch.set_num_threads(1)
         self.rank = rank
         self.world_size = world_size
         self.recipe = build(RecipeConfig, recipe_data)
+        torch.set_num_threads(1 if torch.cuda.is_available() else cpu_threads(world_size, self.recipe.cluster.nodes))
         self.placement = current_placement()
         self.policy = None
 
