@@ -86,6 +86,11 @@ class MegatronPolicy:
         for src, dst in zip(source, target):
             unwrap(dst).load_state_dict(unwrap(src).state_dict(), strict=False)
 
+    @staticmethod
+    def single_update(num_mini_batches: int, epochs: int) -> bool:
+        """One optimizer update per batch: the old policy is the current one (strictly on-policy)."""
+        return num_mini_batches == 1 and epochs == 1
+
     def compute_logprobs(self, batch: PolicyBatch) -> torch.Tensor:
         """Token-aligned [B, T] fp32 logprobs of the response tokens under the current weights (0 off the response mask)."""
         return compute_logprobs(self.model, batch, self.settings)
@@ -99,11 +104,15 @@ class MegatronPolicy:
               epochs: int = 1) -> dict[str, float]:
         """`epochs` passes of `num_mini_batches` optimizer updates; old logprobs are computed if missing.
 
+        Missing old logprobs come from the training forward itself when the batch gets a single
+        update (`single_update`): the same loss and gradients as a separate forward pass, one
+        forward fewer. Either way `batch.old_logprobs` holds them afterwards.
+
         Returns metrics averaged over the updates (loss, pg_loss, kl_ref, entropy, approx_kl_old,
         clip_fraction, ratio_mean/min/max, grad_norm, lr) plus `skipped` (updates skipped for
         NaN/inf) and `updates` (applied).
         """
-        if batch.old_logprobs is None:
+        if batch.old_logprobs is None and not self.single_update(num_mini_batches, epochs):
             batch.old_logprobs = self.compute_logprobs(batch)
         if self.uses_reference and batch.ref_logprobs is None:
             batch.ref_logprobs = self.compute_reference_logprobs(batch)

@@ -148,7 +148,7 @@ KEYS: tuple[Key, ...] = (
     Key("train/global_tokens", POLICY, MEAN, "response tokens in the loss normalizer (all data-parallel ranks; overlong-filtered rollouts excluded)"),
     Key("train/global_sequences", POLICY, MEAN, "sequences in the loss normalizer (all data-parallel ranks; overlong-filtered rollouts excluded)"),
     Key("time/advantage", POLICY, MAX, "seconds of the advantage stage on the slowest rank"),
-    Key("time/logprobs", POLICY, MAX, "seconds recomputing old (and reference) logprobs on the slowest rank"),
+    Key("time/logprobs", POLICY, MAX, "seconds of the separate old (and reference) logprobs forward passes on the slowest rank (0 without KL when the update takes its old logprobs from its own forward)"),
     Key("time/policy_update", POLICY, MAX, "seconds of the optimizer updates on the slowest rank"),
     Key("memory/policy_rss_gb", POLICY, MAX, "resident memory of the largest policy rank, GiB"),
     # train/generation mismatch: one report per data-parallel shard

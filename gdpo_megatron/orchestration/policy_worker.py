@@ -17,6 +17,17 @@ from gdpo_megatron.orchestration.refit import RefitSender
 from gdpo_megatron.rollout_batch import RolloutShard
 
 
+def cpu_threads(world_size: int, nodes: int) -> int:
+    """Intra-op threads of one policy rank on a CPU host: OMP_NUM_THREADS shared by its node's policy ranks.
+
+    Generation and training take turns within a step, so while the policy updates, its ranks
+    have the node's threads to themselves. Ray sets OMP_NUM_THREADS to the actor's CPU count
+    (1) unless the user exported it.
+    """
+    per_node = -(-world_size // max(1, nodes))
+    return max(1, int(os.environ.get("OMP_NUM_THREADS", "1")) // per_node)
+
+
 class PolicyWorker(RefitSender):  # RefitSender: export_weights* for every refit transport
     """Created without touching torch.distributed; `setup` joins the group once rank 0's address is known."""
 
@@ -25,10 +36,10 @@ class PolicyWorker(RefitSender):  # RefitSender: export_weights* for every refit
         from gdpo_megatron.config.schema import build
         from gdpo_megatron.orchestration.devices import current_placement
 
-        torch.set_num_threads(1)
         self.rank = rank
         self.world_size = world_size
         self.recipe = build(RecipeConfig, recipe_data)
+        torch.set_num_threads(1 if torch.cuda.is_available() else cpu_threads(world_size, self.recipe.cluster.nodes))
         self.placement = current_placement()
         self.policy = None
 
@@ -81,7 +92,13 @@ class PolicyWorker(RefitSender):  # RefitSender: export_weights* for every refit
         batch.set_advantages(result.advantages, result.token_advantages)
         timings["time/advantage"] = time.perf_counter() - start
         start = time.perf_counter()
-        batch.old_logprobs = self.policy.compute_logprobs(batch)
+        mini_batches, epochs = self.recipe.trainer.mini_batches_per_step, self.recipe.trainer.ppo_epochs
+        excluded = shard.trainable is not None and not bool(torch.as_tensor(shard.trainable).all())
+        # With one update per step the training forward yields the old logprobs (MegatronPolicy.train).
+        # Its micro-batches are cut to the length of the rows that enter the loss, so when some rows
+        # are excluded and the mismatch (which measures every row) is due, a separate pass is needed.
+        if not self.policy.single_update(mini_batches, epochs) or (check_mismatch and excluded):
+            batch.old_logprobs = self.policy.compute_logprobs(batch)
         if self.policy.uses_reference:
             batch.ref_logprobs = self.policy.compute_reference_logprobs(batch)
         timings["time/logprobs"] = time.perf_counter() - start
@@ -89,9 +106,11 @@ class PolicyWorker(RefitSender):  # RefitSender: export_weights* for every refit
         metrics: dict[str, Any] = dict(result.diagnostics)
         # Rollouts the trainer excludes (overlong filtering) leave the loss and its token and
         # sequence counts; they stay in `batch` for the mismatch measurement below.
-        trained = self.policy.train(batch.with_loss_rows(shard.trainable),
-                                    num_mini_batches=self.recipe.trainer.mini_batches_per_step,
-                                    epochs=self.recipe.trainer.ppo_epochs, gpg_alpha=result.gpg_alpha)
+        loss_batch = batch.with_loss_rows(shard.trainable)
+        trained = self.policy.train(loss_batch, num_mini_batches=mini_batches, epochs=epochs,
+                                    gpg_alpha=result.gpg_alpha)
+        if batch.old_logprobs is None:
+            batch.old_logprobs = loss_batch.old_logprobs  # the training forward's; complete when no row was excluded
         timings["time/policy_update"] = time.perf_counter() - start
         metrics.update({f"train/{name}": value for name, value in trained.items()})
         metrics.update(timings)

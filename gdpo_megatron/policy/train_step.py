@@ -140,12 +140,16 @@ def compute_logprobs(model_chunks, batch: PolicyBatch, settings: StepSettings) -
     finally:
         for chunk in model_chunks:
             chunk.train()
+    return _assemble_logprobs([o["logprobs"] for o in outputs] if outputs else [], batch)
+
+
+def _assemble_logprobs(pieces: list[torch.Tensor], batch: PolicyBatch) -> torch.Tensor:
+    """Micro-batch logprobs (last pipeline stage) -> token-aligned [B, T] on every rank, 0 off the response mask."""
     result = None
     if _mpu().is_pipeline_last_stage(ignore_virtual=True):
         width = batch.input_ids.shape[1]
         # Micro-batches are trimmed to their used length or padded past the batch width; restore it.
-        rows = [torch.nn.functional.pad(o["logprobs"].float()[:, :width], (0, max(0, width - o["logprobs"].shape[1])))
-                for o in outputs]
+        rows = [torch.nn.functional.pad(p.float()[:, :width], (0, max(0, width - p.shape[1]))) for p in pieces]
         result = torch.cat(rows)[: len(batch)]
     result = _broadcast_from_last_stage(result, tuple(batch.input_ids.shape), torch.float32).cpu()
     # Outside the response the values depend on how rows were grouped into micro-batches; zero them.
@@ -209,20 +213,31 @@ def _any_rank_true(flag: bool) -> bool:
 
 def train_mini_batch(model_chunks, optimizer, scheduler, batch: PolicyBatch, settings: StepSettings,
                      gpg_alpha: Optional[float] = None) -> dict[str, float]:
-    """One optimizer update on this rank's share of one mini-batch."""
-    if batch.old_logprobs is None or batch.advantages is None:
-        raise ValueError("train needs batch.old_logprobs and batch.advantages (see gdpo_megatron/policy/batch.py)")
+    """One optimizer update on this rank's share of one mini-batch.
+
+    `batch.old_logprobs` None means the update is on-policy: the batch gets exactly this
+    one update, so the old policy is the current one and its logprobs are the training
+    forward's own, detached (the ratio is exp(0) = 1 with a live gradient). They are then
+    written to `batch.old_logprobs` (token-aligned, 0 off the response mask, on every rank),
+    as a separate `compute_logprobs` pass would have produced them.
+    """
+    if batch.advantages is None:
+        raise ValueError("train needs batch.advantages (see gdpo_megatron/policy/batch.py)")
     _configure(model_chunks)
     counts = global_counts(batch, settings.norm_length)
     micro = _split(batch, settings)
     device = _device()
     want_entropy = True
+    on_policy = batch.old_logprobs is None
+    policy_logprobs: list[torch.Tensor] = []  # the training forward's, per micro-batch (on-policy only)
 
     def loss_func(mb: PolicyBatch, ids: torch.Tensor, logits: torch.Tensor):
         logprobs, entropy = _shifted_logprobs(logits, ids, settings, with_entropy=want_entropy)
+        if on_policy:
+            policy_logprobs.append(logprobs.detach())
         inputs = LossInputs(
             logprobs=logprobs,
-            old_logprobs=mb.old_logprobs.to(device),
+            old_logprobs=logprobs.detach() if on_policy else mb.old_logprobs.to(device),
             advantages=mb.advantages.to(device),
             mask=mb.response_mask.to(device),
             ref_logprobs=mb.ref_logprobs.to(device) if mb.ref_logprobs is not None else None,
@@ -244,6 +259,8 @@ def train_mini_batch(model_chunks, optimizer, scheduler, batch: PolicyBatch, set
     pieces = _run_schedule(model_chunks, micro, forward_step, forward_only=False)
     metrics = _reduce_metrics(pieces) if _mpu().is_pipeline_last_stage(ignore_virtual=True) else {}
     metrics = _broadcast_metrics(metrics)
+    if on_policy:
+        batch.old_logprobs = _assemble_logprobs(policy_logprobs, batch)
     loss_finite = not _any_rank_true(not math.isfinite(metrics.get("loss", 0.0)))
     outcome = guarded_step(optimizer, loss_finite)
     metrics["lr"] = current_lr(optimizer)
@@ -262,9 +279,17 @@ def train_batch(model_chunks, optimizer, scheduler, batch: PolicyBatch, settings
     """Several optimizer updates, one per contiguous mini-batch; metrics averaged over them.
 
     `skipped` counts the updates skipped for NaN/inf loss or grad norm; `updates` those applied.
+    Without `batch.old_logprobs` the batch must be one mini-batch (an on-policy update, see
+    `train_mini_batch`); `batch.old_logprobs` is then set from the training forward.
     """
-    per_update = [train_mini_batch(model_chunks, optimizer, scheduler, mb, settings, gpg_alpha)
-                  for mb in mini_batches(batch, num_mini_batches)]
+    if batch.old_logprobs is None:
+        if num_mini_batches != 1:
+            raise ValueError(f"train without batch.old_logprobs is one on-policy update; got "
+                             f"num_mini_batches={num_mini_batches} (compute the old logprobs first)")
+        per_update = [train_mini_batch(model_chunks, optimizer, scheduler, batch, settings, gpg_alpha)]
+    else:
+        per_update = [train_mini_batch(model_chunks, optimizer, scheduler, mb, settings, gpg_alpha)
+                      for mb in mini_batches(batch, num_mini_batches)]
     summary: dict[str, float] = {}
     for name in per_update[0]:
         values = [m[name] for m in per_update if name in m]

@@ -4,7 +4,9 @@ Real megatron-core on gloo, one OS process per rank (tests/distributed/test_trai
 Compared per aggregation mode: loss, grad norm, and the logprobs of a probe batch under the
 updated weights (a layout-independent view of the whole parameter set). DP2 runs with a
 different micro-batch size than the reference: equal updates there are the global
-normalization proof. The single-process run also checks the NaN skip.
+normalization proof. The single-process run also checks the NaN skip. On every layout, a
+single on-policy update whose old logprobs come from the training forward is bit-identical
+(metrics, old logprobs, weights) to the one with a separate old-logprobs forward.
 """
 
 import os
@@ -63,6 +65,18 @@ def assert_same_step(result, reference):
         torch.testing.assert_close(got["after"], ref["after"], rtol=1e-4, atol=1e-4)
 
 
+def assert_on_policy_update_exact(result):
+    """Old logprobs taken from the training forward give bit-identical metrics, old logprobs and weights."""
+    fused, two_pass = result["on_policy"]["fused"], result["on_policy"]["two_pass"]
+    assert two_pass["metrics"]["updates"] == 1 and two_pass["metrics"]["grad_norm"] > 0
+    assert two_pass["forwards"] == 2 * fused["forwards"] > 0  # the fused update runs one forward pass, not two
+    assert fused["metrics"] == two_pass["metrics"]
+    assert torch.equal(fused["old"], two_pass["old"])
+    assert len(fused["params"]) == len(two_pass["params"])
+    for got, want in zip(fused["params"], two_pass["params"]):
+        assert torch.equal(got, want)
+
+
 @pytest.mark.slow
 def test_single_process_reference_and_nan_skip(reference):
     nan = reference["nan"]
@@ -70,6 +84,7 @@ def test_single_process_reference_and_nan_skip(reference):
     assert nan["unchanged"], "a skipped update must leave the weights untouched"
     for mode in MODES:
         assert reference[mode]["metrics"]["updates"] == 2
+    assert_on_policy_update_exact(reference)
 
 
 @pytest.mark.slow
@@ -83,3 +98,4 @@ def test_layout_equals_single_process(tmp_path, reference, init_dir, world, tp, 
     results = launch(tmp_path, world, tp, pp, mbs, init_dir)
     for result in results:  # every rank reports the same numbers
         assert_same_step(result, reference)
+        assert_on_policy_update_exact(result)

@@ -91,10 +91,35 @@ def main():
         after = policy.compute_logprobs(probe)
         results[mode] = {"metrics": metrics, "before": before, "after": after,
                          "mask": probe.response_mask, "old": local.old_logprobs}
+    results["on_policy"] = on_policy_case(tp, pp, mbs, init_dir)
     if tp == 1 and pp == 1 and mpu.get_data_parallel_world_size() == 1:
         results["nan"] = nan_skip_case(tp, pp, mbs, init_dir)
     torch.save(results, f"{out}.rank{os.environ['RANK']}.pt")
     destroy_distributed()
+
+
+def on_policy_case(tp, pp, mbs, init_dir):
+    """One update of the whole local shard, old logprobs from a separate forward vs from the training forward."""
+    import torch
+    from megatron.core import parallel_state as mpu
+
+    from gdpo_megatron.megatron_policy import MegatronPolicy
+
+    out = {}
+    for name in ("two_pass", "fused"):
+        torch.manual_seed(SEED)
+        policy = MegatronPolicy(recipe(tp, pp, mbs, "token-mean"))
+        policy.load_weights(init_dir)
+        batch = dp_shard(make_batch(), mpu.get_data_parallel_rank(), mpu.get_data_parallel_world_size())
+        batch.ref_logprobs = policy.compute_reference_logprobs(batch) - 0.05 * batch.response_mask
+        forwards = []  # policy forward calls of this rank's first model chunk
+        policy.model[0].register_forward_hook(lambda *_: forwards.append(1))
+        if name == "two_pass":
+            batch.old_logprobs = policy.compute_logprobs(batch)
+        metrics = policy.train(batch, num_mini_batches=1)
+        params = [p.detach().clone() for chunk in policy.model for p in chunk.parameters()]
+        out[name] = {"metrics": metrics, "old": batch.old_logprobs, "params": params, "forwards": len(forwards)}
+    return out
 
 
 def nan_skip_case(tp, pp, mbs, init_dir):
