@@ -8,14 +8,15 @@ thread. Each implementation is run `--repeats` times per N, interleaved with the
 (the machine may be shared: a burst of load then hits every implementation alike), and
 the median is reported; the order is shuffled in every round (seeded). The loops of verl
 and NeMo-RL are timed in rounds of their own: they flush the caches, and whatever runs
-right after them starts cold (at 2^10 that alone costs the stage about 0.25 ms and TRL's
-arithmetic about 0.05 ms), so sharing their rounds would make the comparison depend on
+right after them starts cold (at 2^10 that alone costs the stage about 0.27 ms and TRL's
+arithmetic about 0.03 ms), so sharing their rounds would make the comparison depend on
 the order. `--cold` measures that case on purpose: before every timed call the NeMo-RL
 reference runs on a 2^10 batch (untimed), as in a trainer, where the stage runs once per
 step between other work.
-The project is timed end to end (`compute_advantages` with its
-diagnostics) on two layouts: groups contiguous (what the trainer produces) and
-scattered over the batch (ids shuffled). The references are written here from the
+
+The project is timed end to end (`compute_advantages` with its diagnostics) on two
+layouts: groups contiguous (what the trainer produces) and scattered over the batch (ids
+shuffled). The references are written here from the
 projects' published formulas (docs/advantages.md has the table):
 
 * TRL `normalize_then_sum`: float32 views [N/G, G, K], nanmean / nan-aware unbiased std,

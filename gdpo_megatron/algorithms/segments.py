@@ -13,13 +13,13 @@ dimension (several times faster than reducing across the middle of [N, K]).
   group keep their relative order). If the groups are then equally large, the very same
   [K, G, S] code runs, so the result is bit for bit the one of the contiguous batch
   holding the rows in that order. Unequal groups are gathered into padded
-  [K, G_b, S_b] blocks (pads hold each reduction's identity; exact sizes when there are
-  few distinct ones, powers of two otherwise, so padding at most doubles the work);
+  [K, G_b, S_b] blocks (pads are missing values; exact sizes when there are few
+  distinct ones, powers of two otherwise, so padding at most doubles the work);
   per-row values reach their groups' statistics by one gather. Given equal groups, the
   padded code computes the same bits as the table.
 
 The statistics are computed in NumPy and handed out as tensors that share their memory
-(`GroupStats.arrays` and the tensor properties). Below ~2^15 rollouts the stage is bound
+(`GroupStats.arrays` and the tensor properties). Below ~2^13 rollouts the stage is bound
 by the fixed cost of each call, and a NumPy call on a small array costs a third to a half
 of a torch call; every row sum goes through one einsum reduction, as fast as torch's at
 any size, and element-wise operations are the same IEEE operations either way. The
