@@ -1,8 +1,9 @@
 """Code datasets of the code recipes: Eurus-2-RL-Data's code problems (training) and
 CodeContests (validation).
 
-Upstream schemas (Hugging Face dataset cards / viewer features):
-- PRIME-RL/Eurus-2-RL-Data (verl format): `data_source`, `prompt` (list of {"role", "content"}),
+Upstream schemas (Hugging Face dataset cards / viewer features; tests/fixtures/datasets/README.md
+says how each was checked):
+- PRIME-RL/Eurus-2-RL-Data (card 9776b13, verl format): `data_source`, `prompt` (list of {"role", "content"}),
   `ability` ("math" or "code"), `reward_model` {"style": "rule", "ground_truth": <JSON string>},
   `extra_info` {"split", "index"}. A code ground truth is {"inputs": [...], "outputs": [...]}
   (stdin/stdout, APPS/TACO style), with "fn_name" for call-based problems.

@@ -1,9 +1,13 @@
 """Math datasets: DeepScaleR-Preview (training), AIME 2024 and MATH-500 (evaluation).
 
-Upstream schemas (Hugging Face dataset cards / viewer features):
-- agentica-org/DeepScaleR-Preview-Dataset: `problem`, `answer`, `solution` (one `train` split).
-- HuggingFaceH4/aime_2024: `id`, `problem`, `solution`, `answer`, `url`, `year` (`train` split, 30 rows).
-- HuggingFaceH4/MATH-500: `problem`, `solution`, `answer`, `subject`, `level`, `unique_id` (`test` split).
+Upstream schemas (Hugging Face dataset cards / viewer features; tests/fixtures/datasets/README.md
+says how each was checked):
+- agentica-org/DeepScaleR-Preview-Dataset (card b6ae8c6): one `deepscaler.json`, `problem`,
+  `answer`, `solution` (one `train` split, 40,315 rows; a few answers are empty and dropped).
+- HuggingFaceH4/aime_2024 (card 2fe88a2): `id` (int), `problem`, `solution`, `answer`, `url`,
+  `year` (`train` split, 30 rows).
+- HuggingFaceH4/MATH-500: `problem`, `solution`, `answer`, `subject`, `level` (int), `unique_id`
+  (`test` split, 500 rows).
 
 Records: {"id", "prompt", "answer"} plus provenance fields; the prompt is the problem followed
 by the instruction DeepScaleR trains with (final answer in \\boxed{}), so the math reward's
