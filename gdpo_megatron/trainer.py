@@ -171,7 +171,6 @@ class Trainer:
         from gdpo_megatron.orchestration.cluster import placement_for
         from gdpo_megatron.orchestration.failures import get_all
         from gdpo_megatron.orchestration.generation_worker import GenerationWorker
-        from gdpo_megatron.orchestration.policy_worker import PolicyWorker
         from gdpo_megatron.orchestration.reward_worker import RewardWorker
 
         data = to_dict(self.recipe)
@@ -187,12 +186,7 @@ class Trainer:
         if self.colocated:
             self.engine_places = list(get_all(engines_ready, None, nodes=self.worker_nodes).values())
             self._sleep_engines()
-        world = plan.policy_world_size
-        policy_actor = ray.remote(PolicyWorker)
-        for rank in range(world):
-            name = f"policy-rank{rank}"
-            self.worker_nodes[name] = plan.node_of_policy(rank)
-            self.workers.append(policy_actor.options(**plan.policy_options(rank), name=name).remote(data, rank, world))
+        self.workers = self._start_policy_ranks(plan, data)
         self.rewarder = ray.remote(RewardWorker).options(**plan.reward_options(), name="rewards").remote(data)
         self.worker_nodes["rewards"] = plan.node_addresses[0] if plan.node_addresses else ""
         master_addr, master_port = get_all([("policy-rank0", self.workers[0].rendezvous_address.remote())], None,
@@ -204,6 +198,21 @@ class Trainer:
             self.engine_places = list(get_all(engines_ready, None, nodes=self.worker_nodes).values())
         self.layouts = ray.get([w.layout.remote() for w in self.workers])
         self.dp_size = self.layouts[0]["dp_size"]
+
+    def _start_policy_ranks(self, plan, data: dict) -> list:
+        """One actor per policy rank in its bundle (created, not yet joined to the process group)."""
+        import ray
+
+        from gdpo_megatron.orchestration.policy_worker import PolicyWorker
+
+        world = plan.policy_world_size
+        policy_actor = ray.remote(PolicyWorker)
+        workers = []
+        for rank in range(world):
+            name = f"policy-rank{rank}"
+            self.worker_nodes[name] = plan.node_of_policy(rank)
+            workers.append(policy_actor.options(**plan.policy_options(rank), name=name).remote(data, rank, world))
+        return workers
 
     @property
     def colocated(self) -> bool:
@@ -377,6 +386,8 @@ class Trainer:
         start = time.perf_counter()
         if getattr(self, "_refitter", None) is None:  # the first refit (at start-up) sets the transport up
             self._refitter = create_refitter(self.recipe, self.workers, self.engines)
+            self.log(f"[refit] transport {self._refitter.name} "
+                     f"(generation.refit.transport: {self.recipe.generation.refit.transport})")
         metrics = self._refitter.refit()
         metrics["time/refit"] = time.perf_counter() - start
         return metrics

@@ -36,6 +36,12 @@ class RecipeConfig(Section):
     warmstart: WarmstartConfig = option(default_factory=WarmstartConfig, doc="supervised warm start of a fresh model")
 
     def validate(self) -> None:
+        gen = self.generation
+        if gen.refit.transport == "collective" and gen.colocated and not self.cluster.is_cpu:
+            # The exporting policy rank and its colocated engine worker would be two NCCL ranks
+            # on one GPU, which NCCL refuses.
+            raise ConfigError("generation.refit.transport: collective cannot reach colocated GPU engines (NCCL "
+                              "refuses two ranks of one group on one GPU); use cuda_ipc, auto or object_store")
         group_filter = self.algorithm.group_filter
         sampled = self.trainer.rollouts_per_prompt
         if group_filter.enabled:

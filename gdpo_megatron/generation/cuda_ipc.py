@@ -3,8 +3,9 @@
 Each engine worker shares its GPU with one policy rank (colocated placement). That rank packs
 every bucket into one buffer on the GPU, publishes its CUDA IPC handle under a key of a
 TCPStore (served by policy rank 0) and waits for the worker's acknowledgement before it
-frees the buffer; the worker opens the handle, loads the views with the model's
-`load_weights` (which copies them into its parameters) and acknowledges. So at most one
+frees the buffer; the worker opens the handle, copies the views on the device, acknowledges,
+and hands the copies to vLLM's in-place reload (which may keep a tensor until its whole
+layer has arrived, so it must not hold views of a buffer the sender is about to free). So at most one
 bucket per pair is in flight and no byte passes through host memory.
 
 Keys: <channel>/<refit id>/<bucket index> -> pickled PackedBucket with an IPC handle, or b"end";

@@ -32,6 +32,24 @@ def _tensor_parallel_rank() -> int:
 class RefitWorkerExtension:
     """Mixed into vLLM's worker: joins the refit group / IPC channel and loads what arrives."""
 
+    # ------------------------------------------------------------------ devices
+    def gdpo_device_uuid(self) -> str:
+        """This worker's GPU identity ("" on CPU): pairs an engine worker with the policy rank on its GPU."""
+        import torch
+
+        if not torch.cuda.is_available():
+            return ""
+        return str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
+
+    def gdpo_device_used_bytes(self):
+        """Memory in use on this worker's GPU (None on CPU); what sleep frees shows here."""
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        free, total = torch.cuda.mem_get_info()
+        return total - free
+
     # ------------------------------------------------------------------ collective
     def gdpo_join_refit_group(self, host: str, port: int, first_rank: int, world_size: int, backend: str) -> int:
         from .collective import join_refit_group
@@ -74,17 +92,26 @@ class RefitWorkerExtension:
         return self._gdpo_ipc_channel
 
     def gdpo_receive_ipc(self, refit_id: int) -> tuple[int, int]:
-        """Load each bucket as it is published; `load_weights` copies, so the sender may then free it."""
+        """One whole refit from the colocated policy rank's buckets, through vLLM's in-place reload.
+
+        The reload may hold a tensor until every weight of its layer has arrived, while the
+        sender frees a bucket as soon as it is acknowledged; so each bucket is copied on the
+        device (cheap next to the reload) and acknowledged before its tensors are handed on.
+        """
         from .cuda_ipc import receive_over_ipc
 
         store: Any = getattr(self, "_gdpo_ipc_store", None)
         if store is None:
             raise RuntimeError("this engine worker has not joined an IPC channel (join_ipc_channel first)")
-        model = self.model_runner.get_model()
-        tensors = nbytes = 0
-        for views, acknowledge in receive_over_ipc(store, self._gdpo_ipc_channel, refit_id):
-            model.load_weights(views)
-            acknowledge()
-            tensors += len(views)
-            nbytes += sum(tensor_bytes(t) for _, t in views)
-        return tensors, nbytes
+        counted = [0, 0]
+
+        def owned_copies():
+            for views, acknowledge in receive_over_ipc(store, self._gdpo_ipc_channel, refit_id):
+                copies = [(name, tensor.clone()) for name, tensor in views]
+                acknowledge()
+                counted[0] += len(copies)
+                counted[1] += sum(tensor_bytes(t) for _, t in copies)
+                yield from copies
+
+        self.reload_weights(weights_iterator=owned_copies())
+        return counted[0], counted[1]

@@ -10,8 +10,9 @@ per bucket instead of one per tensor. The transports (`generation.refit.transpor
   gloo on CPU and NCCL on GPU (`collective.py`); the default for separate engines.
 - `cuda_ipc`: colocated GPU engines open CUDA IPC handles of buckets packed on the GPU they
   share with a policy rank, no copy through host memory (`cuda_ipc.py`); GPU only.
-Inside one host, engines in child processes of one actor receive buckets through shared memory
-(`engine_process.py`), whatever the transport to that actor.
+Where one process drives several engine child processes (`VllmBackend` with num_engines > 1,
+outside the trainer, which starts one actor per engine), buckets reach the children through
+shared memory (`engine_process.py`).
 """
 
 from __future__ import annotations
@@ -131,4 +132,9 @@ def resolve_transport(generation_config, on_gpu: bool) -> str:
                           "use collective, object_store or auto")
     if spec.colocated_only and not generation_config.colocated:
         raise ConfigError(f"generation.refit.transport: {name} needs colocated engines (generation.colocated: true)")
+    if name == "collective" and on_gpu and generation_config.colocated:
+        # The exporting policy rank and the engine worker colocated with it would be two NCCL
+        # ranks of one group on one GPU, which NCCL refuses ("Duplicate GPU detected").
+        raise ConfigError("generation.refit.transport: collective cannot reach colocated GPU engines (NCCL refuses "
+                          "two ranks of one group on one GPU); use cuda_ipc, auto or object_store")
     return name

@@ -10,6 +10,7 @@ index, so the split does not change seeded samples.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any, Iterable, Optional
 
@@ -51,7 +52,9 @@ def check_placement(recipe, on_gpu: bool) -> None:
     gen = recipe.generation
     resolve_transport(gen, on_gpu)  # first: a GPU-only transport on a CPU host names its own key
     if not on_gpu and gen.tensor_parallel != 1:
-        raise ConfigError("generation.tensor_parallel: a CPU vLLM engine runs in one process; set it to 1")
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise ConfigError("generation.tensor_parallel: a CPU vLLM engine runs in one process; set it to 1 "
+                          f"(this process sees no GPU; CUDA_VISIBLE_DEVICES={visible!r})")
 
 
 class VllmBackend:
@@ -171,6 +174,19 @@ class VllmBackend:
         stats.weight_version = self.weight_version
         stats.seconds = time.perf_counter() - started
         return stats
+
+    def _one_engine(self, what: str) -> VllmEngine:
+        if self.local is None:
+            raise RuntimeError(f"{what} is asked of one engine in this process (one engine actor per engine)")
+        return self.local
+
+    def device_uuids(self) -> list[str]:
+        """GPU identities of the engine's workers, in tensor-parallel order ([] on CPU)."""
+        return self._one_engine("device_uuids").device_uuids()
+
+    def device_used_bytes(self) -> list[int]:
+        """Device memory in use on each of the engine's workers ([] on CPU)."""
+        return self._one_engine("device_used_bytes").device_used_bytes()
 
     def sleep(self, level: int = 1) -> set[str]:
         if self.local is None:

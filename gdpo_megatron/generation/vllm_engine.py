@@ -71,9 +71,11 @@ def _prepare_in_process_environment() -> None:
         os.environ.setdefault("RANK", "0")
         os.environ.setdefault("LOCAL_RANK", "0")
         return
-    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
-        os.environ.setdefault(key, value)
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    # The engine is a world of its own. A job launcher (Slurm, torchrun, nemo-run) may have
+    # exported RANK/WORLD_SIZE/MASTER_* for the training job; inheriting them would make this
+    # engine wait for ranks that never come, or two engines on a node share one port.
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(_free_port()))
 
 
 class VllmEngine:
@@ -182,6 +184,19 @@ class VllmEngine:
         return rollouts
 
     # ------------------------------------------------------------------ weights
+    # ------------------------------------------------------------------ devices
+    def device_uuids(self) -> list[str]:
+        """The GPU of each engine worker, in tensor-parallel order ([] on CPU).
+
+        Asked of the workers themselves: with tensor parallelism > 1 they run in vLLM's Ray
+        workers on GPUs this process may not even see.
+        """
+        return [uuid for uuid in self.llm.collective_rpc("gdpo_device_uuid") if uuid]
+
+    def device_used_bytes(self) -> list[int]:
+        """Device memory in use on each engine worker's GPU ([] on CPU)."""
+        return [used for used in self.llm.collective_rpc("gdpo_device_used_bytes") if used is not None]
+
     def _model_runner(self):
         executor = self.llm.llm_engine.model_executor
         return executor.driver_worker.worker.model_runner if hasattr(executor.driver_worker, "worker") \

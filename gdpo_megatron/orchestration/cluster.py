@@ -165,6 +165,9 @@ def _refresh_ray_auth_settings() -> None:
     AuthenticationTokenLoader.instance().reset_cache()
 
 
+# Ray's switch for what a zero-GPU actor's CUDA_VISIBLE_DEVICES becomes ("0": left as the node has it).
+ZERO_GPU_OVERRIDE = "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"
+
 # A bundle asks for this much of Ray's per-node resource `node:<address>`, which pins it to
 # that node without using up anything real.
 NODE_PIN = 0.001
@@ -229,7 +232,13 @@ class PlacementPlan:
         if not 0 <= index < self.shape.engines:
             raise IndexError(f"engine {index} outside num_engines {self.shape.engines}")
         slot = self.shape.engine_slots[index]
-        return self._options(slot.bundles[0], 1.0, slot.num_gpus)
+        options = self._options(slot.bundles[0], 1.0, slot.num_gpus)
+        if slot.worker_gpus:
+            # This actor holds no GPU (vLLM's Ray workers do) but drives a GPU engine, so it must
+            # see its node's GPUs; older Ray releases blank CUDA_VISIBLE_DEVICES for zero-GPU
+            # actors unless told not to.
+            options["runtime_env"] = {"env_vars": {ZERO_GPU_OVERRIDE: "0"}}
+        return options
 
     def engine_env(self, index: int) -> dict[str, str]:
         return self.shape.engine_slots[index].vllm_env()

@@ -78,10 +78,6 @@ class GenerationWorker(RefitReceiver):  # RefitReceiver: collective / CUDA IPC r
         return {"seconds": time.perf_counter() - start, "sleeping": sorted(sleeping), **self._memory()}
 
     def _memory(self) -> dict:
-        if not torch.cuda.is_available():
-            return {}
-        free, total = torch.cuda.mem_get_info()
-        return {"device_used_bytes": total - free}
-
-    def close(self) -> None:
-        self.backend.close()
+        """Device memory in use on each engine worker's GPU (the workers may be other processes)."""
+        used = self.backend.device_used_bytes()
+        return {"device_used_bytes": used} if used else {}

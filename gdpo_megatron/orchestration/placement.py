@@ -104,10 +104,6 @@ class PlacementShape:
         return len(self.engine_slots)
 
     @property
-    def engine_tensor_parallel(self) -> int:
-        return self.engine_slots[0].tensor_parallel if self.engine_slots else 1
-
-    @property
     def bundles(self) -> list[dict[str, float]]:
         return [b.resources() for b in self.bundle_list]
 

@@ -14,9 +14,7 @@ Actors: policy workers mix in `RefitSender`, engine actors `RefitReceiver` (belo
 
 from __future__ import annotations
 
-import os
 import socket
-from typing import Any
 
 import torch
 
@@ -221,10 +219,8 @@ class RefitReceiver:
         return {"bytes": stats.bytes, "seconds": stats.seconds, "tensors": stats.tensors}
 
     def gpu_uuids(self) -> list[str]:
-        """The GPUs of this actor's engine workers, in tensor-parallel order."""
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        count = len(visible.split(",")) if visible else torch.cuda.device_count()
-        return [gpu_uuid(i) for i in range(min(count, self.backend.refit_group_size))]
+        """The GPUs of this actor's engine workers, in tensor-parallel order (as the workers report them)."""
+        return self.backend.device_uuids()
 
     def join_ipc_channel(self, host: str, port: int, channels: list[str]) -> list[str]:
         return self.backend.join_ipc_channel(host, port, channels)

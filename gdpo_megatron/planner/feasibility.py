@@ -201,8 +201,9 @@ def make_plan(recipe: RecipeConfig) -> Plan:
     per_node = 0 if cpu else cluster.gpus_per_node
     total = cluster.nodes * (cluster.cpu_workers if cpu else cluster.gpus_per_node)
     generation_devices = gen.num_engines * gen.tensor_parallel
-    colocated = gen.colocated or cpu
-    policy_devices = total if colocated else total - generation_devices
+    colocated = gen.colocated
+    # On a CPU host every worker slot is a policy rank's; separate engines get CPU slots of their own.
+    policy_devices = total if colocated or cpu else total - generation_devices
     data = policy_devices // (par.tensor * par.pipeline) if policy_devices > 0 else 0
     layout = Layout(total, policy_devices, generation_devices, par.tensor, par.pipeline, data,
                     gen.num_engines, gen.tensor_parallel, colocated,

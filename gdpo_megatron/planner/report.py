@@ -23,7 +23,9 @@ def format_plan(plan: Plan) -> str:
         f"{lay.samples_per_step} trained" + (" (after the group filter)" if lay.generated_per_step
                                              and lay.generated_per_step != lay.samples_per_step else ""),
         f"engines  {lay.engines} x tensor {lay.engine_tensor} "
-        + ("(colocated, asleep while training)" if lay.colocated else f"(separate: {lay.generation_devices} devices)"),
+        + ("(colocated, asleep while training)" if lay.colocated
+           else "(separate: a CPU slot each)" if plan.device == "CPU"
+           else f"(separate: {lay.generation_devices} devices)"),
     ]
     if plan.training is not None:
         t = plan.training

@@ -66,6 +66,10 @@ def colocated_single_node(tmp_path_factory, initial_model, repo_root):
             self.events.append((method, args[0] if method in ("sleep", "wake") else None, sleeping))
             return results
 
+        def _start_policy_ranks(self, plan, data):
+            self.events.append(("policy_ranks_start", None, None))
+            return super()._start_policy_ranks(plan, data)
+
         def _generate_rollouts(self, prompts, seed, n=None):
             self.events.append(("generate", None, None))
             return super()._generate_rollouts(prompts, seed, n)
@@ -91,6 +95,7 @@ def test_colocated_sleep_wake_order_cpu_build_without_sleep_mode(colocated_singl
     events, run_dir = colocated_single_node
     asleep, awake_weights, awake = [["kv_cache", "weights"]] * 2, [["kv_cache"]] * 2, [[]] * 2
     start = [("sleep", 1, asleep),            # engines profiled and asleep before the policy ranks start
+             ("policy_ranks_start", None, None),
              ("wake", ["weights"], awake_weights), ("refit", None, None), ("wake", ["kv_cache"], awake)]
     step = [("generate", None, None), ("sleep", 1, asleep), ("train", None, None),
             ("wake", ["weights"], awake_weights), ("refit", None, None), ("wake", ["kv_cache"], awake)]

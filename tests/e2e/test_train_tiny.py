@@ -105,6 +105,7 @@ def test_dp1_trains_and_refits(repo_root, tmp_path, initial_model):
     for key in ("val/accuracy", "val/format_rate", "val/exceed"):
         assert 0.0 <= last[key] <= 1.0 and (last[key] * 6).is_integer(), key
     assert "[done] 3 steps" in proc.stdout
+    assert "[refit] transport collective (generation.refit.transport: auto)" in proc.stdout
     # Steps 2 (every_steps) and 3 (the last) saved a checkpoint; the record of each holds its time.
     assert [("time/checkpoint" in r) for r in records] == [False, True, True]
     assert all(math.isfinite(r["time/checkpoint"]) and r["time/checkpoint"] > 0 for r in records[1:])
@@ -122,6 +123,7 @@ def test_dp2_two_policy_workers(repo_root, tmp_path, initial_model):
     proc = run_train(repo_root, run_dir, initial_model, *DP2, "generation.refit.transport=object_store")
     assert proc.returncode == 0, proc.stderr[-4000:]
     records = check_run(run_dir, 2)
+    assert "[refit] transport object_store (generation.refit.transport: object_store)" in proc.stdout
     written_keys_are_the_documented_ones(repo_root, records, run_dir, initial_model, *DP2)
     assert any(r["response_len/clip_frac"] > 0 for r in records)  # the filter had something to do
     for r in records:

@@ -18,14 +18,16 @@ from gdpo_megatron.orchestration.cluster import short_temp_dir
 
 @contextlib.contextmanager
 def simulated_ray_nodes(temp_root: Path, node_ips: tuple[str, ...], num_cpus: int,
-                        num_gpus: int = 0) -> Iterator:
+                        num_gpus: int = 0, node_env: dict[str, str] | None = None) -> Iterator:
+    """`node_env`: environment the nodes' processes start with (what a job launcher exports)."""
     from ray.cluster_utils import Cluster
 
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_ADDRESS", "RAY_TMPDIR")}
+    node_env = node_env or {}
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_ADDRESS", "RAY_TMPDIR", *node_env)}
     temp, link = short_temp_dir(temp_root)
     # Ray writes the cluster's address file under $RAY_TMPDIR/ray: keep it out of the shared /tmp/ray.
     (temp / "ray").mkdir()
-    os.environ.update(RAY_AUTH_MODE="disabled", RAY_TMPDIR=str(temp))
+    os.environ.update(RAY_AUTH_MODE="disabled", RAY_TMPDIR=str(temp), **node_env)
     os.environ.pop("RAY_ADDRESS", None)
     cluster = Cluster(initialize_head=True, head_node_args={
         "node_ip_address": node_ips[0], "num_cpus": num_cpus, "num_gpus": num_gpus, "include_dashboard": False,

@@ -35,7 +35,11 @@ TWO_BY_FOUR = ["cluster.nodes=2", "cluster.gpus_per_node=4", "cluster.gpu_type=H
 def two_nodes(tmp_path_factory):
     if ray.is_initialized():
         pytest.skip("a Ray connection is already open in this process")
-    with simulated_ray_nodes(tmp_path_factory.mktemp("ray"), NODES, num_cpus=10, num_gpus=4) as cluster:
+    # Each node's processes see its 4 GPUs, as under Slurm; and Ray is told to blank
+    # CUDA_VISIBLE_DEVICES for zero-GPU actors, as older Ray releases did by default.
+    node_env = {"CUDA_VISIBLE_DEVICES": "0,1,2,3", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1"}
+    with simulated_ray_nodes(tmp_path_factory.mktemp("ray"), NODES, num_cpus=10, num_gpus=4,
+                             node_env=node_env) as cluster:
         ray.init(address=cluster.address, log_to_driver=False)
         try:
             yield cluster
@@ -124,6 +128,8 @@ def test_colocated_two_nodes_engines_share_their_policy_ranks_gpus(two_nodes, re
         engine_gpus = []
         for e, (engine, workers) in enumerate(zip(places["engines"], places["engine_workers"])):
             assert not engine["gpu_ids"]  # the engine actor holds no GPU; its two vLLM workers do
+            # ... but it drives a GPU engine, so it still sees its node's GPUs (not blanked by Ray).
+            assert engine["cuda_visible_devices"] == "0,1,2,3"
             assert engine["node_ip"] == NODES[e // 2]
             gpus = [_gpu(w) for w in workers]
             assert gpus == policy_gpu[2 * e: 2 * e + 2]
@@ -133,6 +139,23 @@ def test_colocated_two_nodes_engines_share_their_policy_ranks_gpus(two_nodes, re
         # What the shares add up to on every GPU: one policy rank (0.5) and one engine worker (0.5).
         assert {s.num_gpus for s in plan.shape.policy} == {0.5}
         assert {e.worker_gpus for e in plan.shape.engine_slots} == {0.5}
+    finally:
+        _cleanup(plan, actors)
+
+
+def test_colocated_tp1_engines_share_one_gpu_each_with_their_policy_rank(two_nodes, repo_root):
+    # The GPU recipes' default shape: one TP1 engine per GPU, in the policy rank's bundle.
+    plan, places, actors = _start(repo_root, ["generation.colocated=true", "generation.num_engines=8",
+                                              "generation.tensor_parallel=1"])
+    try:
+        assert plan.policy_world_size == 8
+        _check_policy(plan, places)
+        for e, engine in enumerate(places["engines"]):
+            assert len(engine["gpu_ids"]) == 1 and engine["device_index"] == 0, e
+            assert _gpu(engine) == _gpu(places["policy"][e]), e  # engine e on policy rank e's GPU
+        assert not any(places["engine_workers"])  # TP1: vLLM runs inside the engine actor
+        assert {s.num_gpus for s in plan.shape.policy} == {0.5}
+        assert {e.num_gpus for e in plan.shape.engine_slots} == {0.5}
     finally:
         _cleanup(plan, actors)
 

@@ -237,3 +237,14 @@ def test_gdpo_plan_prints_the_placement_the_trainer_reserves(capsys):
     assert [(e["node"], e["gpus"]) for e in placement["engines"]] == [(0, [6]), (0, [7]), (1, [6]), (1, [7])]
     assert main(["plan", str(LLAMA_8B), "generation.num_engines=17"]) == 1
     assert "placement: error: generation: 17 colocated engines" in capsys.readouterr().out
+
+
+def test_gdpo_plan_on_a_cpu_host_says_one_placement_mode(capsys, repo_root):
+    # The engines line and the placement section describe the same mode.
+    tiny = repo_root / "recipes/tiny/synthetic-gdpo-1n2c.yaml"
+    assert main(["plan", str(tiny)]) == 0
+    out = capsys.readouterr().out
+    assert "(separate: a CPU slot each)" in out and "engines separate" in out and "colocated" not in out
+    assert main(["plan", str(tiny), "generation.colocated=true"]) == 0
+    out = capsys.readouterr().out
+    assert "(colocated, asleep while training)" in out and "engines colocated" in out

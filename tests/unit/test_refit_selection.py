@@ -11,9 +11,10 @@ from gdpo_megatron.generation.transports import TRANSPORTS, resolve_transport
 from gdpo_megatron.orchestration.refit import REFITTERS, colocated_channels
 
 
-def generation(**refit_and_placement):
+def generation(gpus_per_node: int = 0, **refit_and_placement):
     transport = refit_and_placement.pop("transport", "auto")
-    return build(RecipeConfig, {"generation": {"refit": {"transport": transport}, **refit_and_placement}}).generation
+    return build(RecipeConfig, {"cluster": {"gpus_per_node": gpus_per_node},
+                                "generation": {"refit": {"transport": transport}, **refit_and_placement}}).generation
 
 
 def test_auto_resolves_by_host_and_placement():
@@ -39,6 +40,20 @@ def test_cuda_ipc_on_a_cpu_host_is_a_config_error_naming_the_key():
     with pytest.raises(ConfigError, match=r"generation\.refit\.transport: collective feeds vLLM"):
         build(RecipeConfig, {"generation": {"backend": "megatron", "colocated": False,
                                             "refit": {"transport": "collective"}}})
+
+
+def test_collective_to_colocated_gpu_engines_is_a_config_error_naming_the_key():
+    # NCCL refuses two ranks of one group on one GPU: the exporter and its colocated engine worker.
+    with pytest.raises(ConfigError, match=r"generation\.refit\.transport: collective cannot reach colocated GPU"):
+        resolve_transport(generation(colocated=True, transport="collective"), on_gpu=True)
+    with pytest.raises(ConfigError, match=r"generation\.refit\.transport: collective cannot reach colocated GPU"):
+        build(RecipeConfig, {"cluster": {"gpus_per_node": 8},
+                             "generation": {"colocated": True, "refit": {"transport": "collective"}}})
+    # Separate GPU engines, and colocated engines on a CPU host (gloo allows it), are fine.
+    assert resolve_transport(generation(colocated=False, transport="collective"), on_gpu=True) == "collective"
+    assert resolve_transport(generation(colocated=True, transport="collective"), on_gpu=False) == "collective"
+    build(RecipeConfig, {"cluster": {"gpus_per_node": 0},
+                         "generation": {"colocated": True, "refit": {"transport": "collective"}}})
 
 
 def test_cpu_vllm_backend_refuses_cuda_ipc_before_starting_an_engine():

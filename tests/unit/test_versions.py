@@ -72,6 +72,15 @@ def test_transformers_range_is_the_same_everywhere_and_is_what_vllm_requires():
     assert Version(importlib.metadata.version("transformers")) in ours
 
 
+def test_ray_and_megatron_core_are_the_same_release_everywhere():
+    pyproject, constraints, docker = _pyproject_requirements(), _constraints(), _dockerfile_args()
+    for name, arg in (("ray", "RAY_VERSION"), ("megatron-core", "MEGATRON_CORE_VERSION")):
+        pinned = _exact(pyproject[name])
+        assert _exact(constraints[name]) == pinned, name
+        assert docker[arg] == pinned, name
+        assert importlib.metadata.version(name) == pinned, name  # what the tests here ran against
+
+
 def _functions(module: str) -> dict[str, ast.FunctionDef]:
     """Every def in a vLLM source file, by (class-qualified) name, read without importing vLLM."""
     spec = importlib.util.find_spec("vllm")
@@ -97,11 +106,19 @@ def test_the_vllm_calls_the_engine_makes_exist_in_the_pinned_release():
     assert "reset_prefix_cache" in {name.split(".")[1] for name in llm}
     runner = _functions("v1/worker/gpu_model_runner.py")
     assert "weights_iterator" in _arguments(runner["GPUModelRunner.reload_weights"])
-    executor = (Path(importlib.util.find_spec("vllm").submodule_search_locations[0]) / "v1/executor/ray_executor.py")
-    text = executor.read_text()
-    assert "VLLM_RAY_BUNDLE_INDICES" in text and "VLLM_RAY_PER_WORKER_GPUS" in text
-    abstract = (executor.parent / "abstract.py").read_text()
-    assert "self.sleeping_tags" in abstract  # what VllmEngine.sleeping_tags reads
+    assert "reload_weights" in {name.split(".")[1] for name in _functions("v1/worker/gpu_worker.py")}
+    root = Path(importlib.util.find_spec("vllm").submodule_search_locations[0])
+    # Both Ray executors (v2 is the default of this release) place workers by these variables.
+    for executor in ("ray_executor.py", "ray_executor_v2.py"):
+        text = (root / "v1/executor" / executor).read_text()
+        assert "VLLM_RAY_BUNDLE_INDICES" in text and "VLLM_RAY_PER_WORKER_GPUS" in text, executor
+    assert "self.sleeping_tags" in (root / "v1/executor/abstract.py").read_text()  # VllmEngine.sleeping_tags
+    # The engine arguments VllmEngine passes to LLM(...).
+    engine_args = (root / "engine/arg_utils.py").read_text()
+    for argument in ("worker_extension_cls", "enable_sleep_mode", "kv_cache_memory_bytes", "logprobs_mode",
+                     "distributed_executor_backend", "max_num_batched_tokens", "enable_chunked_prefill"):
+        assert re.search(rf"^    {argument}: ", engine_args, flags=re.M), argument
+    assert "collective_rpc" in {name.split(".")[1] for name in llm}
 
 
 def test_container_build_refuses_an_image_torch_the_vllm_wheel_was_not_built_for(tmp_path):
