@@ -2,10 +2,14 @@
 
 The trainer's path: the driver filters the whole step (`filter_groups`), shards the retained
 rollouts with `shard_rollouts`, and every rank runs the distributed advantage stage on its
-shard. Groups are interleaved in the batch, so the retained rollouts of a group land on
-several ranks. The reference is one process: the advantages of the retained rollouts,
-scattered into the G' batch with exactly 0 for the rejected ones. Harness (one spawn of 4
-processes: the default group and two 2-process subgroups) from test_advantages_dp.py.
+shard with the response mask the policy worker builds. Groups are interleaved in the batch,
+so the retained rollouts of a group land on several ranks. The reference is one process: the
+advantages (per rollout and per token) of the retained rollouts. GFPO gives a rejected
+rollout zero advantage by leaving it out of the training batch, so each rank reports which
+rollouts it received (a rollout's one-token prompt is its row in the G' batch) and the test
+places the ranks' results by those tags: a rejected rollout on any rank would show up as a
+nonzero advantage where the reference has 0. Harness (one spawn of 4 processes: the default
+group and two 2-process subgroups) from test_advantages_dp.py.
 """
 
 import os
@@ -21,6 +25,7 @@ from gdpo_megatron.algorithms.distributed_advantages import distributed_compute_
 from gdpo_megatron.algorithms.group_filter import DifficultyTracker, filter_groups
 from gdpo_megatron.config.algorithm import AlgorithmConfig, RewardCondition, RewardSpec
 from gdpo_megatron.config.group_filter import AdaptiveRetainConfig, GroupFilterConfig
+from gdpo_megatron.policy.batch import build_policy_batch
 from gdpo_megatron.rollout_batch import shard_rollouts
 
 pytestmark = pytest.mark.slow
@@ -68,13 +73,12 @@ def driver(name: str, seed: int, world: int):
     tracker = DifficultyTracker(50)
     tracker.history = [0.5, 1.0, 2.5, 3.0]  # a run already under way
     keep = filter_groups(rewards, group_ids, lengths, config, tracker).indices
-    ids = [[0] * int(lengths[i]) for i in keep]  # token ids stand in only for the lengths here
-    shards = shard_rollouts([[1]] * len(keep), ids, rewards[keep], group_ids[keep], [[] for _ in keep], world)
+    # what the trainer's StepBatch.select keeps; the prompt tags the rollout's row, the
+    # response token ids stand in only for its length
+    prompts = [[row] for row in keep]
+    responses = [[0] * int(lengths[row]) for row in keep]
+    shards = shard_rollouts(prompts, responses, rewards[keep], group_ids[keep], [[] for _ in keep], world)
     return config, rewards, group_ids, lengths, keep, shards
-
-
-def _mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
-    return (torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)).float()
 
 
 def _run_cases(world: int, rank: int, group) -> dict:
@@ -83,11 +87,12 @@ def _run_cases(world: int, rank: int, group) -> dict:
         for seed in (1, 2):
             config, _, _, _, _, shards = driver(name, seed, world)
             shard = shards[rank]
-            lengths = torch.tensor([len(r) for r in shard.response_ids])
-            width = max(1, int(lengths.max())) if len(lengths) else 1
+            # the policy worker's advantage call (PolicyWorker.train_on)
+            mask = build_policy_batch(shard.prompt_ids, shard.response_ids).response_mask_for_advantages()
             res = distributed_compute_advantages(shard.rewards, shard.group_ids, config, group,
-                                                 local_response_mask=_mask(lengths, width))
-            results[(name, seed)] = dict(advantages=res.advantages, gpg_alpha=res.gpg_alpha,
+                                                 local_response_mask=mask)
+            results[(name, seed)] = dict(rows=[p[0] for p in shard.prompt_ids], advantages=res.advantages,
+                                         token_advantages=res.token_advantages, gpg_alpha=res.gpg_alpha,
                                          diagnostics=res.diagnostics)
     return results
 
@@ -122,23 +127,34 @@ def test_gfpo_on_ranks_bitwise_equals_single_process(world, rank_results):
             assert 0 < len(keep) < n
             on_shards = [set(s.group_ids.tolist()) for s in shards]
             assert any(sum(g in ids for ids in on_shards) >= 2 for g in range(PROMPTS)), "no group straddles ranks"
-            # single process: advantages over the retained rollouts, 0 for the rejected ones
-            retained = compute_advantages(rewards[keep], group_ids[keep], config,
-                                          _mask(lengths[keep], max(1, int(lengths[keep].max()))))
+            # single process: the retained rollouts as one batch, scattered into the G' batch
+            # (a rejected rollout has no advantage of its own: 0)
+            batch = build_policy_batch([[row] for row in keep], [[0] * int(lengths[row]) for row in keep])
+            retained = compute_advantages(rewards[keep], group_ids[keep], config, batch.response_mask_for_advantages())
+            width = retained.token_advantages.shape[1]
             reference = torch.zeros(n, dtype=torch.float32)
             reference[keep] = retained.advantages
+            token_reference = torch.zeros(n, width, dtype=torch.float32)
+            token_reference[keep] = retained.token_advantages
             assert reference.abs().sum() > 0
-            plain = compute_advantages(rewards, group_ids, config, _mask(lengths, max(1, int(lengths.max()))))
+            plain_mask = build_policy_batch([[0]] * n, [[0] * int(v) for v in lengths]).response_mask_for_advantages()
+            plain = compute_advantages(rewards, group_ids, config, plain_mask)
             assert not torch.equal(plain.advantages[keep], retained.advantages)  # the filter changes the statistics
             for members in members_of:
-                gathered = torch.cat([rank_results[g][world][(name, seed)]["advantages"] for g in members])
+                got = [rank_results[g][world][(name, seed)] for g in members]
+                rows = [row for r in got for row in r["rows"]]
+                # every retained rollout on exactly one rank, no rejected one on any
+                assert sorted(rows) == keep, (name, seed, members)
+                # placed by the rows the ranks received, not by `keep`
                 on_ranks = torch.zeros(n, dtype=torch.float32)
-                on_ranks[keep] = gathered
+                on_ranks[rows] = torch.cat([r["advantages"] for r in got])
                 assert torch.equal(on_ranks, reference), (name, seed, members)
-                rejected = torch.ones(n, dtype=torch.bool)
-                rejected[keep] = False
-                assert bool((on_ranks[rejected] == 0).all())
-                for g in members:
-                    got = rank_results[g][world][(name, seed)]
-                    assert got["gpg_alpha"] == retained.gpg_alpha
-                    assert got["diagnostics"] == retained.diagnostics, (name, seed, g)
+                # the per-token advantages the policy trains on; a rank's are as wide as its
+                # longest response, the columns past it are 0 in the reference
+                token_on_ranks = torch.zeros(n, width, dtype=torch.float32)
+                for r in got:
+                    token_on_ranks[r["rows"], :r["token_advantages"].shape[1]] = r["token_advantages"]
+                assert torch.equal(token_on_ranks, token_reference), (name, seed, members)
+                for r, g in zip(got, members):
+                    assert r["gpg_alpha"] == retained.gpg_alpha
+                    assert r["diagnostics"] == retained.diagnostics, (name, seed, g)

@@ -180,6 +180,8 @@ def test_adaptive_gfpo_trains_on_retained_only_and_resumes_its_statistics(repo_r
     proc = run_train(repo_root, full_dir, initial_model, "trainer.max_steps=3", *ADAPTIVE_GFPO)
     assert proc.returncode == 0, proc.stderr[-4000:]
     full = check_run(full_dir, 3)
+    written_keys_are_the_documented_ones(repo_root, full, full_dir, initial_model, "trainer.max_steps=3",
+                                         *ADAPTIVE_GFPO)
     for r in full:
         kept = r["gfpo/bucket0/groups"] * 3 + r["gfpo/bucket1/groups"] * 2
         assert r["gfpo/bucket0/groups"] + r["gfpo/bucket1/groups"] == 8

@@ -186,6 +186,37 @@ def test_gpg_alpha_counts_only_the_retained_rollouts():
     assert alpha == 4 / (4 - 2)  # B = 4 retained, M = 2 (group 0); over all 8 rollouts it would be 8/8
 
 
+# Estimators that sum the rewards before normalizing. Two groups of four, the three shortest
+# kept (lengths: group 0 rejects row 3, group 1 row 5).
+# Combined rewards (a + b): group 0 (4, 0, 2 | rejected 3), group 1 (1, 3, 2 | rejected 0).
+SUM_REWARDS = [[2, 2], [0, 0], [1, 1], [1, 2], [1, 0], [0, 0], [1, 2], [2, 0]]
+SUM_LENGTHS = [4, 1, 3, 9, 2, 7, 2, 5]
+SUM_KEPT = [0, 1, 2, 4, 6, 7]
+
+
+@pytest.mark.parametrize("estimator, retained, row0_over_all", [
+    # group 0 kept (4, 0, 2): mean 2, centered (2, -2, 0), unbiased std sqrt(8/2) = 2 -> (1, -1, 0);
+    # group 1 kept (1, 3, 2): mean 2, centered (-1, 1, 0), std 1 -> (-1, 1, 0).
+    # Over all of group 0, (4, 0, 2, 3): mean 2.25, std sqrt(8.75/3), row 0 1.75 / std = sqrt(1.05).
+    ("grpo", [1, -1, 0, -1, 1, 0], math.sqrt(1.05)),
+    # r - kept mean: (2, -2, 0) and (-1, 1, 0); over all of group 0 row 0 is 4 - 2.25 = 1.75.
+    ("dr_grpo", [2, -2, 0, -1, 1, 0], 1.75),
+    # r - mean of the OTHER kept rollouts: 4 - (0+2)/2 = 3, 0 - (4+2)/2 = -3, 2 - (4+0)/2 = 0;
+    # 1 - (3+2)/2 = -1.5, 3 - (1+2)/2 = 1.5, 2 - (1+3)/2 = 0; over all: 4 - (0+2+3)/3 = 7/3.
+    ("rloo", [3, -3, 0, -1.5, 1.5, 0], 7 / 3),
+])
+def test_sum_estimators_use_the_retained_rollouts_only(estimator, retained, row0_over_all):
+    # group_eps 0: GRPO divides by the std alone (Dr.GRPO and RLOO have no std division)
+    config = algo(GroupFilterConfig(metric="length", retain=3), estimator=estimator, group_eps=0.0)
+    result = run(SUM_REWARDS, [0] * 4 + [1] * 4, SUM_LENGTHS, config)
+    assert result.indices == SUM_KEPT
+    rewards, groups = torch.tensor(SUM_REWARDS, dtype=torch.float32), torch.tensor([0] * 4 + [1] * 4)
+    adv = compute_advantages(rewards[SUM_KEPT], groups[SUM_KEPT], config).advantages
+    assert adv.tolist() == pytest.approx(retained, abs=1e-6)
+    full = compute_advantages(rewards, groups, config).advantages
+    assert float(full[0]) == pytest.approx(row0_over_all, abs=1e-6)
+
+
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 @pytest.mark.parametrize("estimator", ESTIMATORS.names())
 def test_keeping_every_rollout_equals_the_plain_estimator_bitwise(estimator, preset):
