@@ -185,7 +185,12 @@ class Trainer:
         engines_ready = [(f"engine-{i}", engine.where.remote()) for i, engine in enumerate(self.engines)]
         if self.colocated:
             self.engine_places = list(get_all(engines_ready, None, nodes=self.worker_nodes).values())
-            self._sleep_engines()
+            asleep = self._engine_calls("sleep", self.recipe.generation.sleep_level)
+            used = [r.get("device_used_bytes") for r in asleep]
+            if any(used):  # GPU engines: what their GPUs still hold with the engines asleep
+                self.log("[engines] asleep before the policy starts; GPU memory in use per engine worker: "
+                         + "; ".join(f"engine-{i} " + ", ".join(f"{b / 2**30:.1f} GiB" for b in u)
+                                     for i, u in enumerate(used) if u))
         self.workers = self._start_policy_ranks(plan, data)
         self.rewarder = ray.remote(RewardWorker).options(**plan.reward_options(), name="rewards").remote(data)
         self.worker_nodes["rewards"] = plan.node_addresses[0] if plan.node_addresses else ""
