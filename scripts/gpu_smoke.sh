@@ -62,7 +62,7 @@ print(' and '.join(m for m in ('vllm', 'ray') if importlib.util.find_spec(m) is 
     else
         limit="$(budget $REFIT_BENCH_S)"
         # One model size (~110M parameters, 424 MiB fp32): one engine start per layout.
-        if timeout "$limit" "$PYTHON" benchmarks/bench_refit.py --sizes medium --repeats 3 --smoke >"$bench" 2>&1; then
+        if timeout "$limit" "$PYTHON" benchmarks/bench_refit.py --sizes medium --repeats 2 --smoke >"$bench" 2>&1; then
             grep '^\[gpu-smoke\]' "$bench"
         else
             grep '^\[gpu-smoke\]' "$bench"
