@@ -85,3 +85,14 @@ class PolicyConfig(Section):
     pad_sequence_to: int = option(1, ge=1, doc="pad every micro-batch's length to a multiple of this (masked "
                                   "positions; combined with what sequence parallelism and FP8 require, see "
                                   "docs/policy-training.md)")
+
+    def validate(self) -> None:
+        if self.precision.fp8_params and not self.optimizer.distributed:
+            # megatron-core's non-distributed mixed-precision optimizer (Float16OptimizerWithFloat16Params)
+            # builds its fp32 masters from the FP8 parameter itself (param.detach().clone().float(): the
+            # dequantized FP8 values), so the loaded high-precision checkpoint is lost at the first step;
+            # only the distributed optimizer takes the master copy from the loaded value.
+            raise ConfigError("precision.fp8_params: true needs policy.optimizer.distributed: true (megatron-core's "
+                              "non-distributed optimizer would take its fp32 master weights from the FP8-rounded "
+                              "parameters, not the loaded checkpoint); set policy.optimizer.distributed: true or "
+                              "policy.precision.fp8_params: false")

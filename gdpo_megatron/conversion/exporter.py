@@ -8,7 +8,10 @@ from that stage to the other stages over the pipeline group. Only one full tenso
 (plus its shards) is alive at a time. Consumers pick what they need: `save_hf_checkpoint`
 writes on global rank 0 only; a colocated refit on each rank loads everything.
 
-Tensors keep the parameters' dtype and device (bf16 on GPU for a bf16 policy).
+Tensors keep the parameters' dtype and device (bf16 on GPU for a bf16 policy). FP8 parameters
+(`policy.precision.fp8_params`: Transformer Engine Float8Tensors, whose storage is one byte per
+element under a bf16/fp32 "fake" dtype) are dequantized to that dtype first, so consumers get
+plain tensors whose bytes match their dtype (the refit buckets copy raw bytes).
 """
 
 from __future__ import annotations
@@ -27,6 +30,20 @@ from gdpo_megatron.policy.model import resolve_model_config, unwrap, vocab_info
 from . import tensor_layout as tl
 from .families import FAMILIES, HFNames
 from .weight_map import ParamEntry, chunk_entries
+
+
+def plain_tensor(param: torch.Tensor) -> torch.Tensor:
+    """The parameter's values as a plain tensor: FP8 (Transformer Engine) parameters dequantized.
+
+    Uses megatron-core's own test and dequantization (`megatron.core.fp8_utils`), which know the
+    Float8Tensor / QuantizedTensor classes of each TE version; without TE nothing is FP8.
+    """
+    from megatron.core.fp8_utils import dequantize_fp8_tensor, is_float8tensor
+
+    tensor = param.detach()
+    if is_float8tensor(tensor):
+        tensor = dequantize_fp8_tensor(tensor)
+    return tensor
 
 
 def _gather_tp(tensor: torch.Tensor, group, tp_size: int) -> list[torch.Tensor]:
@@ -79,7 +96,7 @@ def export_hf_weights(model_chunks: list[torch.nn.Module], policy: PolicyConfig)
         pairs = None
         if owner == pp_rank:
             entry = local[key]
-            pairs = _to_hf(entry, _gather_tp(entry.param.detach(), tp_group, tp_size), model, vocab_size)
+            pairs = _to_hf(entry, _gather_tp(plain_tensor(entry.param), tp_group, tp_size), model, vocab_size)
         if pp_size > 1:
             meta = [[(n, tuple(t.shape), t.dtype) for n, t in pairs] if pairs is not None else None]
             dist.broadcast_object_list(meta, src=pp_ranks[owner], group=pp_group)

@@ -1,10 +1,14 @@
 """Padding micro-batches to a sequence multiple (what sequence parallelism and FP8 need) changes nothing.
 
 Real megatron-core at TP=2 on gloo, one OS process per rank (test_sequence_padding_worker.py).
-Sequence parallelism itself needs Transformer Engine / APEX kernels that do not exist on CPU, so
-the padding is tested alone (forced through `policy.pad_sequence_to`); the GPU suite runs it
-with sequence parallelism and FP8 (tests/gpu/). Same initial weights, same odd-length batch:
-loss, grad norm and the updated logprobs must agree with the unpadded step.
+Sequence parallelism is refused on a CPU host (parallel_layout.host_problems), so here the
+padding is tested alone (forced through `policy.pad_sequence_to`). The GPU suite has the
+sequence-parallel counterpart, TP=2 with sequence parallelism against TP=2 without it
+(tests/gpu/test_policy_gpu.py::test_sequence_parallel_padded_step_equals_unpadded_tp2; it
+needs 2 GPUs and has not run yet), and an FP8 step on micro-batches padded to 16, which has
+no unpadded FP8 counterpart to compare with (Transformer Engine refuses those lengths). Same
+initial weights, same odd-length batch: loss, grad norm and the updated logprobs must agree
+with the unpadded step.
 """
 
 import os

@@ -1,29 +1,19 @@
-"""GPU smoke: the policy's NCCL/bf16/FP8 paths, the advantage all-gather on NCCL, HF export from the GPU."""
+"""GPU smoke: the policy's NCCL/bf16/FP8 paths, sequence-parallel padding, the advantage all-gather on NCCL,
+HF export from the GPU."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from gpu_helpers import gpu_recipe, odd_length_batch
-
-
-def hf_logprobs(hf_path, batch) -> torch.Tensor:
-    """Token-aligned fp32 logprobs of transformers' model on the GPU (an independent reference)."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(hf_path), torch_dtype=torch.float32).cuda().eval()
-    with torch.no_grad():
-        logits = model(batch.input_ids.cuda()).logits.float()
-    lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, batch.input_ids[:, 1:].cuda().unsqueeze(-1)).squeeze(-1)
-    return torch.nn.functional.pad(lp, (1, 0)).cpu() * (batch.response_mask != 0)
+from gpu_helpers import FP8, gpu_recipe, hf_logprobs, need_te, odd_length_batch
 
 
 def test_nccl_bf16_train_step_odd_lengths(gpu_world, tiny_hf, record_property):
     from megatron.core.distributed import DistributedDataParallel
     from megatron.core.transformer.module import Float16Module
 
-    from gdpo_megatron.policy.policy import MegatronPolicy
+    from gdpo_megatron.megatron_policy import MegatronPolicy
 
     policy = MegatronPolicy(gpu_recipe(tiny_hf, precision={"dtype": "bf16"}))
     assert isinstance(policy.model[0], DistributedDataParallel) and isinstance(policy.model[0].module, Float16Module)
@@ -96,7 +86,7 @@ def test_hf_export_from_gpu(gpu_world, tiny_hf, tmp_path, record_property):
     from safetensors.torch import load_file
 
     from gdpo_megatron.conversion.exporter import save_hf_checkpoint
-    from gdpo_megatron.policy.policy import MegatronPolicy
+    from gdpo_megatron.megatron_policy import MegatronPolicy
 
     policy = MegatronPolicy(gpu_recipe(tiny_hf))
     assert next(policy.model[0].parameters()).is_cuda
@@ -108,14 +98,14 @@ def test_hf_export_from_gpu(gpu_world, tiny_hf, tmp_path, record_property):
 
 
 def test_fp8_step_with_padding(gpu_world, tiny_hf, record_property):
-    pytest.importorskip("transformer_engine", reason="Transformer Engine is not installed")
+    need_te()
     from gdpo_megatron.policy.master_weights import master_copies
     from gdpo_megatron.policy.model import unwrap
-    from gdpo_megatron.policy.policy import MegatronPolicy
+    from gdpo_megatron.megatron_policy import MegatronPolicy
 
     fp32 = MegatronPolicy(gpu_recipe(tiny_hf))
     exact = {n: p.detach().float().reshape(-1) for c in fp32.model for n, p in unwrap(c).named_parameters()}
-    policy = MegatronPolicy(gpu_recipe(tiny_hf, precision={"dtype": "bf16", "fp8": "e4m3", "fp8_params": True}))
+    policy = MegatronPolicy(gpu_recipe(tiny_hf, precision=dict(FP8)))
     assert policy.settings.sequence_multiple == 16
     from megatron.core.fp8_utils import is_float8tensor
 
@@ -143,3 +133,69 @@ def test_fp8_step_with_padding(gpu_world, tiny_hf, record_property):
     assert fp8_error < 0.2, fp8_error
     record_property("fp8_vs_fp32_logprob_err", f"{fp8_error:.2e}")
     record_property("loss", f"{metrics['loss']:.4f}")
+
+
+# Rows of 7, 12, 17, 16, 21, 26 tokens: micro-batches of two are 12, 17 (odd) and 26 wide unpadded.
+SP_BATCH = {"response_base": 4, "response_step": 3}
+SP_RUNS = (("plain", {"tensor": 2}, 1), ("sp", {"tensor": 2, "sequence_parallel": True}, 1),
+           ("sp_pad8", {"tensor": 2, "sequence_parallel": True}, 8))
+
+
+def _sequence_parallel_rank(rank: int, world: int, port: int, hf_path: str, out: str) -> None:
+    import os
+
+    from gdpo_megatron.config.policy import ParallelConfig
+    from gdpo_megatron.distributed.setup import destroy_distributed, init_distributed
+    from gdpo_megatron.megatron_policy import MegatronPolicy
+    from gdpo_megatron.policy.batch import micro_batches
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    init_distributed(ParallelConfig(tensor=2))
+    results = {}
+    for name, parallel, pad_to in SP_RUNS:
+        policy = MegatronPolicy(gpu_recipe(hf_path, parallel=parallel, pad_sequence_to=pad_to))
+        batch = odd_length_batch(**SP_BATCH)
+        widths = [mb.input_ids.shape[1] for mb in micro_batches(batch, 2, pad_multiple=policy.settings.sequence_multiple)]
+        before = policy.compute_logprobs(batch)
+        metrics = policy.train(batch)
+        after = policy.compute_logprobs(odd_length_batch(**SP_BATCH))
+        results[name] = {"widths": widths, "multiple": policy.settings.sequence_multiple, "metrics": metrics,
+                         "before": before.cpu(), "after": after.cpu(), "mask": batch.response_mask}
+        del policy
+        torch.cuda.empty_cache()
+    torch.save(results, f"{out}.{rank}")
+    destroy_distributed()
+
+
+def test_sequence_parallel_padded_step_equals_unpadded_tp2(tiny_hf, tmp_path, record_property):
+    """TP=2 with sequence parallelism (micro-batches padded to the TP multiple, then to 8) against TP=2
+    without it on the same odd-length batch: loss, grad norm and logprobs before and after the step agree."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip(f"sequence parallelism needs TP=2, one NCCL rank per GPU: 2 GPUs, this host has "
+                    f"{torch.cuda.device_count()}")
+    import torch.multiprocessing as mp
+
+    from gdpo_megatron.distributed.setup import free_port
+
+    out = str(tmp_path / "sp")
+    mp.start_processes(_sequence_parallel_rank, args=(2, free_port(), str(tiny_hf), out), nprocs=2,
+                       start_method="spawn")
+    runs = torch.load(f"{out}.0", weights_only=False)
+    plain = runs["plain"]
+    mask = plain["mask"] != 0
+    assert plain["multiple"] == 1 and plain["widths"] == [12, 17, 26]  # unpadded: an odd width occurs
+    assert runs["sp"]["multiple"] == 2 and runs["sp"]["widths"] == [12, 18, 26]
+    assert runs["sp_pad8"]["multiple"] == 8 and runs["sp_pad8"]["widths"] == [16, 24, 32]
+    assert (plain["after"] - plain["before"]).abs()[mask].max() > 1e-2  # the step moved the weights
+    for name in ("sp", "sp_pad8"):
+        run = runs[name]
+        for key in ("loss", "grad_norm"):
+            assert run["metrics"][key] == pytest.approx(plain["metrics"][key], rel=1e-4, abs=1e-6), (name, key)
+        torch.testing.assert_close(run["before"][mask], plain["before"][mask], rtol=0, atol=1e-4)
+        torch.testing.assert_close(run["after"][mask], plain["after"][mask], rtol=0, atol=1e-4)
+    rank1 = torch.load(f"{out}.1", weights_only=False)
+    torch.testing.assert_close(rank1["sp_pad8"]["after"], runs["sp_pad8"]["after"])  # both TP ranks agree
+    worst = max((runs[n]["after"] - plain["after"]).abs()[mask].max().item() for n in ("sp", "sp_pad8"))
+    record_property("sp_vs_plain_max_logprob_diff", f"{worst:.2e}")
+    record_property("loss", f"{plain['metrics']['loss']:.4f}")

@@ -1,7 +1,9 @@
-"""GPU smoke: CUDA-IPC buckets between two processes, and engine refits over the GPU transports.
+"""GPU smoke: CUDA-IPC buckets between two processes, engine refits over the GPU transports, and
+HF export + refit after an FP8 step.
 
 The engine runs in a child process (`EngineProcess`) on the GPU; this process holds the
-policy and plays the exporting rank. Mismatch figures are reported as measured.
+policy and plays the exporting rank. The colocated engine (same GPU, CUDA IPC) is started
+once for the module. Mismatch figures are reported as measured.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import os
 import pytest
 import torch
 
-from gpu_helpers import gpu_recipe
+from gpu_helpers import FP8, gpu_recipe, hf_logprobs, hf_rollout_mismatch, need_te, need_vllm, odd_length_batch
 
 BUCKET_BYTES = 2**20
 
@@ -51,10 +53,6 @@ def test_cuda_ipc_bucket_round_trip_two_processes(record_property):
     process.join(timeout=60)
     assert process.exitcode == 0
     record_property("bytes", packed.nbytes)
-
-
-def _need_vllm():
-    pytest.importorskip("vllm", reason="vLLM is not installed")
 
 
 def _start_engine(tiny_hf, device: int):
@@ -102,33 +100,52 @@ def _refit_and_measure(policy, engine, refit, record_property) -> None:
     assert fresh["mean"] < 5e-3 and fresh["mean"] < stale["mean"] / 5, fresh
 
 
-def test_engine_refit_over_cuda_ipc(gpu_world, tiny_hf, record_property):
-    _need_vllm()
-    from gdpo_megatron.distributed.setup import free_port
-    from gdpo_megatron.generation.cuda_ipc import control_store, send_over_ipc
-    from gdpo_megatron.megatron_policy import MegatronPolicy
+class IpcEngine:
+    """The colocated engine of this module and its CUDA-IPC channel `policy0` (this process sends)."""
 
-    policy = MegatronPolicy(gpu_recipe(tiny_hf))
+    def __init__(self, engine, store) -> None:
+        self.engine, self.store, self.refits = engine, store, 0
+
+    def refit(self, policy) -> dict:
+        from gdpo_megatron.generation.cuda_ipc import send_over_ipc
+
+        self.refits += 1
+        self.engine.start_call("receive_ipc", self.refits)
+        sent = send_over_ipc(self.store, "policy0", self.refits, policy.export_hf_weights(), BUCKET_BYTES)
+        assert tuple(self.engine.wait()) == (sent["tensors"], sent["bytes"])
+        return sent
+
+
+@pytest.fixture(scope="module")
+def ipc_engine(gpu_world, tiny_hf):
+    need_vllm()
+    from gdpo_megatron.distributed.setup import free_port
+    from gdpo_megatron.generation.cuda_ipc import control_store
+
     engine = _start_engine(tiny_hf, torch.cuda.current_device())  # colocated: the policy's GPU
     try:
         port = free_port()
         store = control_store("127.0.0.1", port, is_server=True)
         engine.start_call("join_ipc_channel", "127.0.0.1", port, ["policy0"])
         assert engine.wait() == ["policy0"]
-
-        def refit():
-            engine.start_call("receive_ipc", 1)
-            sent = send_over_ipc(store, "policy0", 1, policy.export_hf_weights(), BUCKET_BYTES)
-            assert tuple(engine.wait()) == (sent["tensors"], sent["bytes"])
-            record_property("buckets", sent["buckets"])
-
-        _refit_and_measure(policy, engine, refit, record_property)
+        yield IpcEngine(engine, store)
     finally:
         engine.close()
 
 
+def test_engine_refit_over_cuda_ipc(gpu_world, tiny_hf, ipc_engine, record_property):
+    from gdpo_megatron.megatron_policy import MegatronPolicy
+
+    policy = MegatronPolicy(gpu_recipe(tiny_hf))
+
+    def refit():
+        record_property("buckets", ipc_engine.refit(policy)["buckets"])
+
+    _refit_and_measure(policy, ipc_engine.engine, refit, record_property)
+
+
 def test_engine_refit_over_nccl_collective(gpu_world, tiny_hf, record_property):
-    _need_vllm()
+    need_vllm()
     if torch.cuda.device_count() < 2:
         pytest.skip("NCCL puts one rank per GPU: the policy and a separate engine need 2 GPUs, this host has "
                     f"{torch.cuda.device_count()}")
@@ -154,3 +171,65 @@ def test_engine_refit_over_nccl_collective(gpu_world, tiny_hf, record_property):
         group.close()
     finally:
         engine.close()
+
+
+@pytest.fixture(scope="module")
+def fp8_stepped(gpu_world, tiny_hf):
+    """An FP8-parameter policy (TE) after one optimizer step on odd-length, padded micro-batches."""
+    need_te()
+    from gdpo_megatron.megatron_policy import MegatronPolicy
+
+    policy = MegatronPolicy(gpu_recipe(tiny_hf, precision=dict(FP8)))
+    metrics = policy.train(odd_length_batch())
+    assert metrics["updates"] == 1 and torch.isfinite(torch.tensor(metrics["loss"]))
+    return policy
+
+
+def test_fp8_hf_export_after_step(fp8_stepped, tiny_hf, tmp_path, record_property):
+    """After an FP8 step the export stream holds plain (dequantized) tensors in the checkpoint's names and
+    shapes, they survive the refit wire format bit for bit, and transformers on the exported checkpoint
+    gives the FP8 policy's logprobs up to FP8 compute error."""
+    from megatron.core.fp8_utils import is_float8tensor
+    from safetensors.torch import load_file
+
+    from gdpo_megatron.conversion.exporter import save_hf_checkpoint
+    from gdpo_megatron.generation.transports import pack_bucket, unpack_bucket
+    from gdpo_megatron.policy.model import unwrap
+
+    policy = fp8_stepped
+    fp8 = [n for c in policy.model for n, p in unwrap(c).named_parameters() if is_float8tensor(p)]
+    assert fp8, "no parameter is FP8 (policy.precision.fp8_params had no effect)"
+    source = load_file(str(tiny_hf / "model.safetensors"))
+    exported = list(policy.export_hf_weights())
+    assert sorted(n for n, _ in exported) == sorted(source)
+    for name, tensor in exported:
+        assert type(tensor) is torch.Tensor and not is_float8tensor(tensor), (name, type(tensor))
+        assert tensor.dtype in (torch.bfloat16, torch.float32) and tensor.shape == source[name].shape, name
+        assert torch.isfinite(tensor).all(), name
+    moved = sum(not torch.equal(t.float().cpu(), source[n].float()) for n, t in exported)
+    assert moved > len(exported) // 2, moved  # the export carries the stepped weights, not the checkpoint
+    unpacked = unpack_bucket(pack_bucket(exported, device="cuda"))
+    assert all(torch.equal(t, u) for (_, t), (_, u) in zip(exported, unpacked))
+    out = save_hf_checkpoint(policy.model, policy.recipe.policy, tmp_path / "fp8-export")
+    probe = odd_length_batch(seed=4)
+    mask = probe.response_mask != 0
+    error = (policy.compute_logprobs(probe) - hf_logprobs(out, probe)).abs()[mask].mean().item()
+    assert error < 0.2, error  # FP8 GEMMs vs fp32 on the dequantized weights; a garbled export is O(1) or NaN
+    record_property("fp8_params", len(fp8))
+    record_property("fp8_policy_vs_hf_export_logprob_err", f"{error:.2e}")
+
+
+def test_fp8_refit_over_cuda_ipc_after_step(fp8_stepped, ipc_engine, tmp_path, record_property):
+    """The FP8 policy's weights reach the colocated engine over CUDA IPC: the engine then samples with
+    exactly the exported checkpoint (transformers fp32 on it as the reference)."""
+    from gdpo_megatron.conversion.exporter import save_hf_checkpoint
+    from gdpo_megatron.generation import SamplingSettings
+
+    policy = fp8_stepped
+    out = save_hf_checkpoint(policy.model, policy.recipe.policy, tmp_path / "fp8-export")
+    sent = ipc_engine.refit(policy)
+    rollouts = _generate(ipc_engine.engine, SamplingSettings(n=2, temperature=1.0, max_new_tokens=10, seed=3))
+    error = hf_rollout_mismatch(out, rollouts)
+    assert error < 5e-3, error  # the bound the fp32 refit checks use; other weights give > 1e-1
+    record_property("bytes", sent["bytes"])
+    record_property("engine_vs_hf_export_mismatch", f"{error:.2e}")
