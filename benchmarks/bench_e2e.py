@@ -1,7 +1,7 @@
 """One RL step end to end: `gdpo train` against TRL's GRPOTrainer on the same CPU, same run.
 
-    python benchmarks/bench_e2e.py [--steps 12] [--skip-from 2] [--threads 2] [--trl-version 1.16.0]
-                                   [--only gdpo|trl]
+    python benchmarks/bench_e2e.py [--steps 12] [--skip-from 2] [--threads 2] [--rounds 1]
+                                   [--trl-version 1.16.0] [--only gdpo|trl]
 
 The configuration (both sides): a randomly initialized Llama with hidden 256, 4 layers,
 4 heads of 64 (ffn 688, about 3.2M parameters), the synthetic task's character-level
@@ -20,7 +20,10 @@ update per step, fp32, 2 threads.
   from a trainer callback.
 
 Steps before `--skip-from` (start-up, first compilation, allocator warm-up) are reported
-separately; the table shows the median of the remaining steps and the ratio. Wrap it in
+separately; the table shows the median of the remaining steps and the ratio. With
+`--rounds N` each side is measured N times in the order gdpo, trl, trl, gdpo, ... (a load that
+drifts during the invocation then weighs on both), and the ratio of every round is printed with
+their median. Wrap it in
 the machine's slot lock where one exists (it starts Ray, vLLM and training).
 """
 
@@ -184,11 +187,42 @@ def trl_worker(out: Path, steps: int, threads: int, workdir: Path) -> None:
 
 # ----------------------------------------------------------------------------- report
 
+def round_order(rounds: int, only: str | None) -> list[str]:
+    """Which side runs when: ABBA... so that a load drift during the invocation hits both alike."""
+    sides = [only] if only else ["gdpo", "trl"]
+    order: list[str] = []
+    for r in range(rounds):
+        order.extend(sides if r % 2 == 0 else sides[::-1])
+    return order
+
+
+def _report_round(results: dict[str, dict], skip: int, threads: int, skip_from: int, steps: int) -> None:
+    print(f"\none RL step, {PROMPTS} prompts x {ROLLOUTS} rollouts, <= {NEW_TOKENS} new tokens, random "
+          f"Llama h{MODEL['hidden_size']} x{MODEL['num_layers']} layers, {threads} threads; "
+          f"median of steps {skip_from}..{steps}")
+    print(f"{'phase':>16} {'gdpo_s':>9} {'trl_s':>9}")
+    for key in [f"time/{p}" for p in PHASES] + ["time/step"]:
+        cells = []
+        for name in ("gdpo", "trl"):
+            values = [s[key] for s in results.get(name, {}).get("steps", []) if key in s]
+            cells.append(f"{median_after(values, skip):>9.3f}" if values else f"{'-':>9}")
+        print(f"{key:>16} {cells[0]} {cells[1]}")
+    for name, result in results.items():
+        steps_s = [s["time/step"] for s in result["steps"]]
+        print(f"{name}: first step {steps_s[0]:.2f} s, steps before {skip_from}: {sum(steps_s[:skip]):.2f} s, "
+              f"start-up and shutdown outside steps {result['wall_s'] - sum(steps_s):.1f} s, process wall "
+              f"{result['wall_s']:.1f} s"
+              + (f"; TRL {result['trl']}, torch {result['torch']}, {result['parameters'] / 1e6:.2f}M parameters"
+                 if name == "trl" else ""))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--skip-from", type=int, default=2, help="steps 1..N-1 are warm-up, reported apart")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure each side this many times, in the order gdpo, trl, trl, gdpo, ...")
     parser.add_argument("--trl-version", default="1.16.0")
     parser.add_argument("--only", choices=("gdpo", "trl"))
     parser.add_argument("--trl-worker", type=Path, help=argparse.SUPPRESS)
@@ -197,42 +231,40 @@ def main() -> int:
         trl_worker(args.trl_worker, args.steps, args.threads, Path.cwd())
         return 0
     skip = args.skip_from - 1
-    results: dict[str, dict] = {}
+    rounds: list[dict[str, dict]] = [{} for _ in range(args.rounds)]
+    seen = {"gdpo": 0, "trl": 0}
+    failed = False
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
-        for name in ("gdpo", "trl"):
-            if args.only in (None, name):
-                print(f"[bench_e2e] running {name} for {args.steps} steps ...", flush=True)
-                runner = run_gdpo if name == "gdpo" else (lambda s, t, w: run_trl(args.trl_version, s, t, w))
-                try:
-                    results[name] = runner(args.steps, args.threads, Path(tmp))
-                except SystemExit as failure:  # report it, still measure the other side
-                    print(f"[bench_e2e] {name}: {failure}", file=sys.stderr, flush=True)
-    if not results:
-        return 1
-    print(f"\none RL step, {PROMPTS} prompts x {ROLLOUTS} rollouts, <= {NEW_TOKENS} new tokens, random "
-          f"Llama h{MODEL['hidden_size']} x{MODEL['num_layers']} layers, {args.threads} threads; "
-          f"median of steps {args.skip_from}..{args.steps}")
-    print(f"{'phase':>16} {'gdpo_s':>9} {'trl_s':>9}")
-    rows = [f"time/{p}" for p in PHASES] + ["time/step"]
-    for key in rows:
-        cells = []
-        for name in ("gdpo", "trl"):
-            values = [s[key] for s in results.get(name, {}).get("steps", []) if key in s]
-            cells.append(f"{median_after(values, skip):>9.3f}" if values else f"{'-':>9}")
-        print(f"{key:>16} {cells[0]} {cells[1]}")
-    for name, result in results.items():
-        steps = [s["time/step"] for s in result["steps"]]
-        print(f"{name}: first step {steps[0]:.2f} s, steps before {args.skip_from}: {sum(steps[:skip]):.2f} s, "
-              f"start-up and shutdown outside steps {result['wall_s'] - sum(steps):.1f} s, process wall {result['wall_s']:.1f} s"
-              + (f"; TRL {result['trl']}, torch {result['torch']}, {result['parameters'] / 1e6:.2f}M parameters"
-                 if name == "trl" else ""))
-    if len(results) == 2:
-        gdpo_step = median_after([s["time/step"] for s in results["gdpo"]["steps"]], skip)
-        trl_step = median_after([s["time/step"] for s in results["trl"]["steps"]], skip)
-        rollouts = PROMPTS * ROLLOUTS
-        print(f"rollouts/s: gdpo {rollouts / gdpo_step:.1f}, TRL {rollouts / trl_step:.1f}; "
-              f"TRL s/step / gdpo s/step = {trl_step / gdpo_step:.2f}x (above 1: gdpo is faster)")
-    return 0 if len(results) == (1 if args.only else 2) else 1
+        for name in round_order(args.rounds, args.only):
+            index = seen[name]
+            seen[name] += 1
+            print(f"[bench_e2e] round {index + 1}/{args.rounds}: running {name} for {args.steps} steps ...",
+                  flush=True)
+            runner = run_gdpo if name == "gdpo" else (lambda s, t, w: run_trl(args.trl_version, s, t, w))
+            workdir = Path(tmp) / f"{name}-{index}"
+            workdir.mkdir()
+            try:
+                rounds[index][name] = runner(args.steps, args.threads, workdir)
+            except SystemExit as failure:  # report it, still measure the other side
+                print(f"[bench_e2e] {name}: {failure}", file=sys.stderr, flush=True)
+                failed = True
+    ratios = []
+    for index, results in enumerate(rounds):
+        if not results:
+            continue
+        if args.rounds > 1:
+            print(f"\n=== round {index + 1} of {args.rounds}")
+        _report_round(results, skip, args.threads, args.skip_from, args.steps)
+        if len(results) == 2:
+            gdpo_step = median_after([s["time/step"] for s in results["gdpo"]["steps"]], skip)
+            trl_step = median_after([s["time/step"] for s in results["trl"]["steps"]], skip)
+            rollouts = PROMPTS * ROLLOUTS
+            ratios.append(trl_step / gdpo_step)
+            print(f"rollouts/s: gdpo {rollouts / gdpo_step:.1f}, TRL {rollouts / trl_step:.1f}; "
+                  f"TRL s/step / gdpo s/step = {ratios[-1]:.2f}x (above 1: gdpo is faster)")
+    if len(ratios) > 1:
+        print(f"\nratio per round: {', '.join(f'{r:.2f}x' for r in ratios)}; median {statistics.median(ratios):.2f}x")
+    return 1 if failed or not any(rounds) else 0
 
 
 if __name__ == "__main__":
