@@ -492,33 +492,3 @@ def run_sandboxed(code: str, stdin: str = "", limits: SandboxLimits = SandboxLim
         sandbox.close_stdin()
         sandbox.wait()
     return sandbox.result()
-
-
-def preflight(mode: str) -> str:
-    """Run a trivial program in `mode` once; SandboxError saying why when this host cannot, else
-    a line naming the mode and what bounds a run's memory."""
-    check_isolation(mode)
-    limits = SandboxLimits(wall_time_s=30.0, isolation=mode)
-    try:
-        result = run_sandboxed("print('sandbox ok')", limits=limits)
-    except SandboxError as exc:
-        raise SandboxError(f"this host cannot run sandbox isolation {mode!r}: {exc} (docs/sandbox.md)") from None
-    if not result.ok or result.stdout != "sandbox ok\n":
-        raise SandboxError(f"this host cannot run sandbox isolation {mode!r}: a trivial program ended with "
-                           f"{result.killed_reason or result.returncode}: {result.stderr[-500:]!r} (docs/sandbox.md)")
-    return f"sandbox isolation: {mode} (memory: {memory_bound(limits)})"
-
-
-@functools.lru_cache(maxsize=None)
-def unavailable_reason(mode: str) -> Optional[str]:
-    """Why this host cannot run `mode` (the preflight's error, cached), or None when it can."""
-    try:
-        preflight(mode)
-        return None
-    except SandboxError as exc:
-        return str(exc)
-
-
-def namespaces_available() -> bool:
-    """Whether this host runs the default ("namespaces") mode (one trivial run, cached)."""
-    return unavailable_reason("namespaces") is None

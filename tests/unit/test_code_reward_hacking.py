@@ -13,7 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from gdpo_megatron.rewards import REWARDS
-from gdpo_megatron.rewards.sandbox import ISOLATION_MODES, unavailable_reason
+from gdpo_megatron.rewards.sandbox import ISOLATION_MODES
+from gdpo_megatron.rewards.sandbox_preflight import unavailable_reason
 
 code_pass = REWARDS.get("code_pass")
 LIMITS = {"timeout_s": 3.0, "memory_mb": 512, "max_processes": 8}

@@ -17,7 +17,8 @@ from gdpo_megatron.config.algorithm import RewardSpec
 from gdpo_megatron.config.scoring import ScoringConfig
 from gdpo_megatron.rewards import REWARDS, RewardRunner
 from gdpo_megatron.rewards.outcomes import RewardOutOfRange
-from gdpo_megatron.rewards.sandbox import _UID_BASE, _UID_LOCK_DIR, unavailable_reason
+from gdpo_megatron.rewards.sandbox import _UID_BASE, _UID_LOCK_DIR
+from gdpo_megatron.rewards.sandbox_preflight import unavailable_reason
 
 pytestmark = pytest.mark.skipif(unavailable_reason("namespaces") is not None,
                                 reason=f"the default sandbox mode cannot run here: {unavailable_reason('namespaces')}")

@@ -6,7 +6,7 @@ import pytest
 
 from gdpo_megatron.rewards import REWARDS
 from gdpo_megatron.rewards.code_tests import CodeTestsRefused
-from gdpo_megatron.rewards.sandbox import unavailable_reason
+from gdpo_megatron.rewards.sandbox_preflight import unavailable_reason
 
 pytestmark = pytest.mark.skipif(unavailable_reason("namespaces") is not None,
                                 reason=f"the default sandbox mode cannot run here: {unavailable_reason('namespaces')}")

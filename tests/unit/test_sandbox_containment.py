@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from gdpo_megatron.rewards.sandbox import SandboxLimits, run_sandboxed, unavailable_reason
+from gdpo_megatron.rewards.sandbox import SandboxLimits, run_sandboxed
+from gdpo_megatron.rewards.sandbox_preflight import unavailable_reason
 
 pytestmark = pytest.mark.skipif(unavailable_reason("namespaces") is not None,
                                 reason=f"the default sandbox mode cannot run here: {unavailable_reason('namespaces')}")

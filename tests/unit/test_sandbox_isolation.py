@@ -19,7 +19,8 @@ import pytest
 
 from gdpo_megatron.rewards import sandbox as sandbox_module
 from gdpo_megatron.rewards.sandbox import (_UID_BASE, _UID_LOCK_DIR, SandboxError, SandboxLimits, memory_cgroup_parent,
-                                           run_sandboxed, unavailable_reason)
+                                           run_sandboxed)
+from gdpo_megatron.rewards.sandbox_preflight import unavailable_reason
 
 pytestmark = pytest.mark.skipif(unavailable_reason("namespaces") is not None,
                                 reason=f"the default sandbox mode cannot run here: {unavailable_reason('namespaces')}")

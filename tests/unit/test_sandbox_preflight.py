@@ -12,8 +12,8 @@ from gdpo_megatron.config.schema import to_dict
 from gdpo_megatron.orchestration.reward_worker import RewardWorker
 from gdpo_megatron.recipe_checks import load_checked_recipe
 from gdpo_megatron.rewards import sandbox as sandbox_module
-from gdpo_megatron.rewards.sandbox import SandboxError, unavailable_reason
-from gdpo_megatron.rewards.sandbox_preflight import check_sandboxes, sandbox_modes
+from gdpo_megatron.rewards.sandbox import SandboxError
+from gdpo_megatron.rewards.sandbox_preflight import check_sandboxes, sandbox_modes, unavailable_reason
 
 TINY = Path(__file__).resolve().parents[2] / "recipes" / "tiny" / "synthetic-gdpo-1n2c.yaml"
 
@@ -70,13 +70,15 @@ def test_the_reward_worker_prints_the_mode_once(tmp_path, capsys):
 
 @pytest.mark.skipif(unavailable_reason("rlimits") is not None, reason=str(unavailable_reason("rlimits")))
 def test_a_weaker_mode_is_printed_as_a_warning(tmp_path):
-    recipe = load_checked_recipe(_recipe(tmp_path, CODE_REWARDS.format(mode="rlimits")))
+    body = CODE_REWARDS.format(mode="rlimits").replace("function: code_no_bug}", "function: code_no_bug, "
+                                                       "args: {isolation: rlimits}}")
+    recipe = load_checked_recipe(_recipe(tmp_path, body))
     stream = io.StringIO()
     lines = check_sandboxes(recipe.algorithm.rewards, stream=stream)
-    assert stream.getvalue().splitlines() == lines and len(lines) == 2
+    assert stream.getvalue().splitlines() == lines and len(lines) == 1
     assert lines[0].startswith("gdpo rewards: WARNING: sandbox isolation: rlimits (memory: ")
-    assert lines[0].endswith(" for pass; weaker containment: the program sees the host's files that other users "
-                             "may read, see docs/sandbox.md")
+    assert lines[0].endswith(" for pass, no_bug; weaker containment: the program sees the host's files that other "
+                             "users may read, see docs/sandbox.md")
 
 
 def test_a_worker_on_a_host_without_the_mode_fails_at_start(tmp_path, monkeypatch):

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from gdpo_megatron.rewards import REWARDS
-from gdpo_megatron.rewards.sandbox import (ISOLATION_MODES, Sandbox, SandboxError, SandboxLimits, run_sandboxed,
-                                           unavailable_reason)
+from gdpo_megatron.rewards.sandbox import ISOLATION_MODES, Sandbox, SandboxError, SandboxLimits, run_sandboxed
+from gdpo_megatron.rewards.sandbox_preflight import unavailable_reason
 
 needs_rlimits = pytest.mark.skipif(unavailable_reason("rlimits") is not None,
                                    reason=str(unavailable_reason("rlimits")))
