@@ -13,8 +13,9 @@ Three processes, each with one job:
   program's root filesystem (read-only interpreter, stdlib and the shared libraries they
   load; a size-capped tmpfs /work; /dev/null & co; a fresh /proc), pivots into it, forks the
   program and reports its wait status. When init exits, the kernel kills what is left.
-- program: dies with init (PR_SET_PDEATHSIG, SIGKILL), drops to the leased uid, sets rlimits
-  and a seccomp filter against sockets, closes every fd but 0-2, reports
+- program: drops to the leased uid, then dies with init (PR_SET_PDEATHSIG, SIGKILL: armed
+  after the drop, which clears it), sets rlimits and a seccomp filter against sockets,
+  closes every fd but 0-2, reports
   "started" (time limits count from here, not from interpreter start-up), runs the code.
 
 rlimits mode has no pid namespace: init leads a process group of its own, which the guard
