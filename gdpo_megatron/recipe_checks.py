@@ -12,8 +12,9 @@ point (`gdpo config show`, `gdpo plan`, `gdpo launch`, `gdpo train`) loads recip
 from __future__ import annotations
 
 import inspect
+import typing
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 from gdpo_megatron.config.errors import ConfigError, did_you_mean
 from gdpo_megatron.config.loader import apply_overrides, load_recipe_file
@@ -77,9 +78,23 @@ def check_synthetic_options(recipe: RecipeConfig, source_of: SourceOf) -> None:
               f"{did_you_mean(unknown[0], DEFAULTS)}; known: {', '.join(sorted(DEFAULTS))}", source_of)
 
 
+def _check_choices(function: Callable, args: dict, key: str, name: str, source_of: SourceOf) -> None:
+    """An argument annotated `Literal[...]` (e.g. a code reward's `isolation`) takes one of its values."""
+    try:
+        hints = typing.get_type_hints(function)
+    except Exception:  # noqa: BLE001 - unresolvable annotations of user code: nothing to check
+        return
+    for arg, value in args.items():
+        hint = hints.get(arg)
+        if typing.get_origin(hint) is Literal and value not in typing.get_args(hint):
+            choices = ", ".join(repr(choice) for choice in typing.get_args(hint))
+            _fail(f"{key}.{arg}", f"reward function {name!r} takes {arg} one of {choices}, got {value!r}", source_of)
+
+
 def check_rewards(recipe: RecipeConfig, source_of: SourceOf) -> None:
-    """Each reward names a registered function (after importing `scoring.reward_modules`) and
-    its `args` bind to that function's signature `fn(record, response, num_tokens, **args)`."""
+    """Each reward names a registered function (after importing `scoring.reward_modules`), its
+    `args` bind to that function's signature `fn(record, response, num_tokens, **args)`, and an
+    argument annotated with a `Literal` takes one of its values."""
     from gdpo_megatron.rewards import REWARDS
     from gdpo_megatron.rewards._reward_worker import import_rewards
 
@@ -109,6 +124,7 @@ def check_rewards(recipe: RecipeConfig, source_of: SourceOf) -> None:
             _fail(f"algorithm.rewards[{i}].args",
                   f"reward function {name!r} does not accept these arguments ({exc}); "
                   f"it takes: {', '.join(accepted) or 'no arguments'}", source_of)
+        _check_choices(function, reward.args, f"algorithm.rewards[{i}].args", name, source_of)
 
 
 def check_data_files(recipe: RecipeConfig, source_of: SourceOf, require: bool = True) -> None:

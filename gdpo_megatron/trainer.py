@@ -198,7 +198,10 @@ class Trainer:
                                            nodes=self.worker_nodes)["policy-rank0"]
         self.rendezvous = (master_addr, master_port)
         setups = [(f"policy-rank{r}", w.setup.remote(master_addr, master_port)) for r, w in enumerate(self.workers)]
-        self.policy_places = list(get_all(setups, None, nodes=self.worker_nodes).values())
+        # The reward worker's start-up runs each code reward's sandbox once: a host that cannot
+        # run it stops training here, not as NaN rewards on every rollout.
+        results = get_all(setups + [("rewards", self.rewarder.ready.remote())], None, nodes=self.worker_nodes)
+        self.policy_places = [results[name] for name, _ in setups]
         if not self.colocated:
             self.engine_places = list(get_all(engines_ready, None, nodes=self.worker_nodes).values())
         self.layouts = ray.get([w.layout.remote() for w in self.workers])

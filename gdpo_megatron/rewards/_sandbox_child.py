@@ -13,9 +13,14 @@ Three processes, each with one job:
   program's root filesystem (read-only interpreter, stdlib and the shared libraries they
   load; a size-capped tmpfs /work; /dev/null & co; a fresh /proc), pivots into it, forks the
   program and reports its wait status. When init exits, the kernel kills what is left.
-- program: drops to the leased uid, sets rlimits and a seccomp filter against sockets,
+- program: drops to the leased uid, then dies with init (PR_SET_PDEATHSIG, SIGKILL: armed
+  after the drop, which clears it), sets rlimits and a seccomp filter against sockets,
   closes every fd but 0-2, reports
   "started" (time limits count from here, not from interpreter start-up), runs the code.
+
+rlimits mode has no pid namespace: init leads a process group of its own, which the guard
+kills on a stop request and again once init has exited, then it kills every process left
+with the run's uid (children that left the group). The mode is root-only (sandbox.py).
 
 Status lines (JSON) go to a pipe the program never holds: started, exit, done, setup_error.
 """
@@ -85,6 +90,8 @@ def main():
             signal.pidfd_send_signal(init_pidfd, signal.SIGKILL)  # a pidfd cannot hit a reused pid
         except ProcessLookupError:
             pass
+        if not namespaces:
+            kill_group(pid)  # init is not reaped yet, so its pid (the group's id) cannot be reused
 
     signal.signal(signal.SIGTERM, stop)
     set_parent_death_signal(signal.SIGTERM, caller, leftover=staging)
@@ -108,12 +115,21 @@ def main():
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         set_parent_death_signal(signal.SIGKILL, 0 if namespaces else guard)  # a parent outside the pid ns reads as 0
+        if not namespaces:
+            os.setpgid(0, 0)
         init(spec, staging, program, cgroup)
+    if not namespaces:
+        try:  # also here, so that the group exists before a stop request can kill it
+            os.setpgid(pid, pid)
+        except OSError:
+            pass
     init_pidfd = os.pidfd_open(pid)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    if not namespaces:
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped: the group id stays ours
+        kill_group(pid)
+        kill_uid(spec["uid"])  # children that left the group
     _, init_status = os.waitpid(pid, 0)  # retried after the SIGTERM handler (PEP 475)
-    if not namespaces and spec["uid"] is not None:
-        kill_uid(spec["uid"])  # no pid namespace: sweep every process of the run's uid
     memory_exceeded = remove_cgroup(cgroup) if cgroup else False
     shutil.rmtree(staging, ignore_errors=True)
     report("done", memory_exceeded=memory_exceeded, init_status=init_status)
@@ -162,6 +178,13 @@ def remove_cgroup(spec):
     return exceeded
 
 
+def kill_group(pgid):
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
 def kill_uid(uid):
     pid = os.fork()
     if pid == 0:
@@ -183,9 +206,10 @@ def init(spec, staging, program, cgroup):
         prepare(spec, staging, program, cgroup)
     except Exception as exc:  # noqa: BLE001 - any set-up failure is reported, never a traceback
         fail(f"{type(exc).__name__}: {exc}")
+    init_pid = os.getpid()  # as the program sees it (1 in a pid namespace)
     pid = os.fork()
     if pid == 0:
-        run_program(spec, "/work" if spec["mode"] == "namespaces" else os.path.join(staging, "work"))
+        run_program(spec, "/work" if spec["mode"] == "namespaces" else os.path.join(staging, "work"), init_pid)
         sys.exit(0)  # an ordinary interpreter exit: the program's atexit handlers and buffers run
     _, status = os.waitpid(pid, 0)
     report("exit", wait_status=status)
@@ -286,11 +310,14 @@ SECCOMP_ARCH = {"x86_64": (0xC000003E, 41), "aarch64": (0xC00000B7, 198)}  # aud
 SYS_IO_URING_SETUP = 425  # the same on both; io_uring can open sockets without socket(2)
 
 
-def block_network():
-    """A seccomp filter: socket(2) other than AF_UNIX and io_uring fail with EACCES; another
-    syscall ABI (32-bit, x32) kills the process. The kernel enforces it on every thread and child,
-    so it holds against raw system calls too (the network namespace is the first wall; in
-    rlimits mode this is the only one)."""
+def block_network(allow_unix):
+    """A seccomp filter: socket(2) (other than AF_UNIX when `allow_unix`) and io_uring fail with
+    EACCES; another syscall ABI (32-bit, x32) kills the process. The kernel enforces it on every
+    thread and child, so it holds against raw system calls too (the network namespace is the
+    first wall; in rlimits mode this is the only one). AF_UNIX is allowed only with a private
+    root and network namespace, where no host socket can be named; in rlimits mode the host's
+    (Ray's raylet, a Docker daemon) could be. socketpair(2) stays allowed: it reaches nothing.
+    The program's channels are pipes (stdin/stdout), so no mode needs socket(2)."""
     arch = SECCOMP_ARCH.get(os.uname().machine)
     if arch is None:
         fail(f"no seccomp filter for {os.uname().machine}")
@@ -312,7 +339,7 @@ def block_network():
         (jeq, 4, 0, SYS_IO_URING_SETUP),     # 4: -> 9 (deny)
         (jeq, 0, 2, sys_socket),             # 5: not socket(2) -> 8 (allow)
         (load, 0, 0, 16),                    # 6: socket's domain (args[0], low word)
-        (jeq, 0, 1, 1),                      # 7: AF_UNIX -> 8 (allow), else 9 (deny)
+        (jeq, 0 if allow_unix else 1, 1, 1),  # 7: AF_UNIX -> 8 (allow) or 9; else 9 (deny)
         (ret, 0, 0, allow),                  # 8
         (ret, 0, 0, deny),                   # 9
         (ret, 0, 0, kill),                   # 10
@@ -330,7 +357,7 @@ PRELOAD = ("math", "traceback", "json", "re", "collections", "itertools", "funct
            "string", "copy", "typing", "random", "fractions", "decimal", "statistics")
 
 
-def run_program(spec, workdir):
+def run_program(spec, workdir, init_pid):
     uid = spec["uid"]
     if uid is not None and spec["mode"] != "namespaces":
         for name in PRELOAD:
@@ -344,13 +371,15 @@ def run_program(spec, workdir):
             fail(f"cannot drop privileges to uid {uid}: {exc}")
         if os.getuid() == 0 or os.geteuid() == 0:
             fail("still root after dropping privileges")
+    # After the uid drop: a change of credentials clears the death signal.
+    set_parent_death_signal(signal.SIGKILL, init_pid)
     inherited = [int(fd) for fd in os.listdir("/proc/self/fd")]
     try:
         for name, value in spec["rlimits"].items():
             resource.setrlimit(getattr(resource, name), tuple(value))
     except (ValueError, OSError) as exc:
         fail(f"setrlimit: {exc}")
-    block_network()
+    block_network(allow_unix=spec["mode"] == "namespaces")
     os.chdir(workdir)
     sys.argv = ["prog.py"]
     sys.path.insert(0, workdir)

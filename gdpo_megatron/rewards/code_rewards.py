@@ -26,7 +26,7 @@ import re
 from .code_tests import CodeOutcome, CodeTestsRefused, plan_function_tests, run_function_tests
 from .outcomes import count_event, value_range
 from .registry import REWARDS
-from .sandbox import SandboxLimits, run_sandboxed
+from .sandbox import Isolation, SandboxLimits, run_sandboxed
 
 _FENCE = re.compile(r"```(?:python|py|python3)?[ \t]*\n(.*?)```", flags=re.DOTALL | re.IGNORECASE)
 
@@ -81,7 +81,7 @@ def evaluate_code(record: dict, response: str, limits: SandboxLimits) -> CodeOut
     return outcome
 
 
-def _limits(timeout_s: float, memory_mb: int, max_processes: int, isolation: str) -> SandboxLimits:
+def _limits(timeout_s: float, memory_mb: int, max_processes: int, isolation: Isolation) -> SandboxLimits:
     return SandboxLimits(wall_time_s=timeout_s, cpu_time_s=timeout_s, memory_mb=memory_mb,
                          max_processes=max_processes, isolation=isolation)
 
@@ -89,7 +89,7 @@ def _limits(timeout_s: float, memory_mb: int, max_processes: int, isolation: str
 @REWARDS.register("code_pass")
 @value_range(0.0, 1.0)
 def code_pass(record: dict, response: str, num_tokens: int, timeout_s: float = 5.0,
-              memory_mb: int = 1024, max_processes: int = 16, isolation: str = "namespaces") -> float:
+              memory_mb: int = 1024, max_processes: int = 16, isolation: Isolation = "namespaces") -> float:
     """Passed tests / total tests in [0, 1]; NaN for a record without tests."""
     outcome = evaluate_code(record, response, _limits(timeout_s, memory_mb, max_processes, isolation))
     if outcome is None or outcome.total == 0:
@@ -100,9 +100,14 @@ def code_pass(record: dict, response: str, num_tokens: int, timeout_s: float = 5
 @REWARDS.register("code_no_bug")
 @value_range(0.0, 1.0)
 def code_no_bug(record: dict, response: str, num_tokens: int, timeout_s: float = 5.0,
-                memory_mb: int = 1024, max_processes: int = 16, isolation: str = "namespaces") -> float:
+                memory_mb: int = 1024, max_processes: int = 16, isolation: Isolation = "namespaces") -> float:
     """1 if every run finished without a compile/runtime error, resource kill or timeout; else 0."""
     outcome = evaluate_code(record, response, _limits(timeout_s, memory_mb, max_processes, isolation))
     if outcome is None:
         return math.nan
     return 0.0 if outcome.bug else 1.0
+
+
+# Rewards that run programs in the sandbox: a reward worker checks once at start-up that this
+# host runs the isolation mode each of them asks for (rewards/sandbox_preflight.py).
+code_pass.sandbox_isolation = code_no_bug.sandbox_isolation = "namespaces"

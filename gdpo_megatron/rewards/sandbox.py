@@ -5,13 +5,17 @@ same run held open for a line-based conversation over stdin/stdout (function-sty
 
 Isolation modes (`SandboxLimits.isolation`), never downgraded silently:
 
-- "namespaces" (the default; needs root or CAP_SYS_ADMIN): fresh pid, mount, network, IPC and
-  UTS namespaces; a read-only root holding only the interpreter, its stdlib and the shared
-  libraries they load, plus a size-capped writable /work; a uid leased for this run alone;
-  a memory cgroup for the whole run where the host delegates one.
-- "rlimits" (opt in by name): resource limits, a uid drop when root, a Python-level socket
-  block and a kill sweep of the uid afterwards. The host filesystem and network stay
-  reachable to raw system calls: only for hosts where nothing better runs.
+- "namespaces" (the default; needs root or CAP_SYS_ADMIN, and a container runtime that allows
+  unshare and mount): fresh pid, mount, network, IPC and UTS namespaces; a read-only root
+  holding only the interpreter, its stdlib and the shared libraries they load, plus a
+  size-capped writable /work; a uid leased for this run alone; a memory cgroup for the whole
+  run where the host delegates one.
+- "rlimits" (opt in by name; needs root, refused otherwise): the same leased uid, rlimits,
+  seccomp filter (no socket(2) of any family, AF_UNIX included, even through raw system calls)
+  and cgroup, but the host's filesystem, /proc and SysV IPC stay visible to whatever that uid
+  may read; the run gets a process group of its own, killed with it, and a kill sweep of its
+  uid. Without root the program would run as the trainer's own uid (able to read the
+  checker's files and the dataset, and to outlive its run), so that is not offered.
 
 Lifetime: the trusted launcher (_sandbox_child.py) dies with the thread that started it
 (PR_SET_PDEATHSIG) and then kills the whole run; the uid lease is held by the launcher too,
@@ -89,6 +93,26 @@ class SandboxResult:
     @property
     def ok(self) -> bool:
         return self.returncode == 0 and not self.timed_out and self.killed_reason is None
+
+
+def memory_bound(limits: "SandboxLimits") -> str:
+    """What bounds a run's memory on this host, in words (logged and printed by reward workers)."""
+    parent = memory_cgroup_parent()
+    if parent:
+        return "cgroup v%d for the whole run" % parent[0]
+    return f"no delegated cgroup: {limits.memory_mb} MiB per process, at most {limits.max_processes} processes"
+
+
+def check_isolation(mode: object) -> None:
+    """SandboxError unless `mode` is a mode this process may run (a known name; rlimits only as root)."""
+    if mode not in ISOLATION_MODES:
+        raise SandboxError(f"isolation must be one of {ISOLATION_MODES}, got {mode!r}")
+    if mode == "rlimits" and os.geteuid() != 0:
+        raise SandboxError(
+            "isolation: rlimits needs root (euid 0), this process runs as uid %d: without root the program "
+            "would run as the trainer's own uid, able to read the checker's tests and the dataset and to "
+            "outlive its run; use isolation: namespaces (root or CAP_SYS_ADMIN), or run the reward "
+            "workers as root (docs/sandbox.md)" % os.geteuid())
 
 
 @functools.lru_cache(maxsize=None)
@@ -192,12 +216,11 @@ class Sandbox:
     """
 
     def __init__(self, code: str, limits: SandboxLimits = SandboxLimits()) -> None:
-        if limits.isolation not in ISOLATION_MODES:
-            raise SandboxError(f"isolation must be one of {ISOLATION_MODES}, got {limits.isolation!r}")
+        check_isolation(limits.isolation)
         self.limits, self.mode = limits, limits.isolation
         cgroup_parent = memory_cgroup_parent()
-        _log_mode(self.mode, "cgroup v%d for the whole run" % cgroup_parent[0] if cgroup_parent
-                  else f"no delegated cgroup: {limits.memory_mb} MiB per process, at most {limits.max_processes} processes")
+        _log_mode(self.mode, memory_bound(limits))
+        # rlimits is root-only (check_isolation); namespaces without root fails at unshare.
         self.lease = _UidLease() if os.geteuid() == 0 else None
         self.staging = tempfile.mkdtemp(prefix="gdpo-sbx-")
         self.cgroup = ({"version": cgroup_parent[0], "path": f"{cgroup_parent[1]}/{Path(self.staging).name}"}
@@ -469,12 +492,3 @@ def run_sandboxed(code: str, stdin: str = "", limits: SandboxLimits = SandboxLim
         sandbox.close_stdin()
         sandbox.wait()
     return sandbox.result()
-
-
-@functools.lru_cache(maxsize=None)
-def namespaces_available() -> bool:
-    """Whether this host runs the default ("namespaces") mode (one trivial run, cached)."""
-    try:
-        return run_sandboxed("pass", limits=SandboxLimits(wall_time_s=10, isolation="namespaces")).ok
-    except SandboxError:
-        return False

@@ -50,16 +50,44 @@ def test_every_humaneval_canonical_solution_passes(humaneval):
     assert metrics["accuracy"] == 1.0 and metrics["pass_rate"] == 1.0 and metrics["bug_ratio"] == 0.0
 
 
+# Wrong answers of the right kind: the canonical solution's result, changed just enough.
+OFF_BY_ONE = """
+def _gdpo_wrong(value):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, str):
+        return value + "x"
+    if isinstance(value, (list, tuple)):
+        return type(value)(list(value) + [value[-1] if value else 0])
+    return 0 if value is None else None
+_gdpo_right = {entry}
+def {entry}(*args, **kwargs):
+    return _gdpo_wrong(_gdpo_right(*args, **kwargs))
+"""
+
+
 def test_wrong_humaneval_solutions_fail(humaneval):
     problems, records = humaneval
     picks = list(range(0, 164, 8))  # 21 problems, spread over the set
-    # A body that returns a constant of the wrong kind: no test suite accepts it.
-    wrong = [f"{problems[i]['prompt']}    return object()\n" for i in picks]
-    metrics = evaluate_responses("code", [records[i] for i in picks], wrong, num_workers=4, reward_args=ARGS)
-    assert metrics["pass_rate"] == 0.0
+    picked = [records[i] for i in picks]
+
+    def score(bodies):
+        responses = [f"{problems[i]['prompt']}{body(problems[i])}" for i, body in zip(picks, bodies)]
+        return evaluate_responses("code", picked, responses, num_workers=4, reward_args=ARGS)
+
+    # Right-typed constants and off-by-one results score 0 through the checker, like a wrong kind.
+    for constant in ("None", "0", '""', "[]", "object()"):
+        assert score([lambda p, c=constant: f"    return {c}\n"] * len(picks))["pass_rate"] == 0.0, constant
+    off_by_one = [lambda p: p["canonical_solution"] + OFF_BY_ONE.format(entry=p["entry_point"])] * len(picks)
+    metrics = score(off_by_one)
+    assert metrics["pass_rate"] == 0.0 and metrics["bug_ratio"] == 0.0  # failed asserts, not crashes
     crash = [f"{problems[i]['prompt']}    return undefined_helper()\n" for i in picks[:5]]
-    metrics = evaluate_responses("code", [records[i] for i in picks[:5]], crash, num_workers=4, reward_args=ARGS)
+    metrics = evaluate_responses("code", picked[:5], crash, num_workers=4, reward_args=ARGS)
     assert metrics["pass_rate"] == 0.0 and metrics["bug_ratio"] == 1.0
+    # The same edits undone: the canonical solutions of these problems pass (the test can fail).
+    assert score([lambda p: p["canonical_solution"]] * len(picks))["pass_rate"] == 1.0
 
 
 # ---- BFCL ------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ Every program below leaves `add` unimplemented (or implemented wrong) and attack
 harness instead: the verdict markers and test lists of earlier harnesses, patched builtins,
 re-reporting at exit, lookup tables, objects that equal anything, processes that outlive the
 run, the protocol channel itself. They run through the real sandboxes and the real reward
-functions; correct programs in the same records must still score 1.
+functions; correct programs in the same records must still score 1. Every test runs in each
+isolation mode this host can run (a mode it cannot is skipped, with the preflight's reason).
 """
 
 from concurrent.futures import ThreadPoolExecutor
@@ -12,9 +13,20 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from gdpo_megatron.rewards import REWARDS
+from gdpo_megatron.rewards.sandbox import ISOLATION_MODES
+from gdpo_megatron.rewards.sandbox_preflight import unavailable_reason
 
 code_pass = REWARDS.get("code_pass")
-ARGS = {"timeout_s": 3.0, "memory_mb": 512, "max_processes": 8}
+LIMITS = {"timeout_s": 3.0, "memory_mb": 512, "max_processes": 8}
+
+
+@pytest.fixture(params=ISOLATION_MODES)
+def args(request):
+    """The reward's arguments in one isolation mode; skipped where this host cannot run it."""
+    reason = unavailable_reason(request.param)
+    if reason is not None:
+        pytest.skip(reason)
+    return {**LIMITS, "isolation": request.param}
 
 # The problem statement shows add(1, 2) == 3; the tests are different and hidden.
 ASSERTS = {"id": "add-asserts", "tests": {"style": "function", "asserts": [
@@ -132,17 +144,17 @@ FORGERIES = {
 }
 
 
-def scores(record, programs):
+def scores(record, programs, args):
     # Threads overlap the sandboxes' start-up and time limits (the whole suite waits mostly).
     with ThreadPoolExecutor(6) as pool:
-        values = pool.map(lambda name: code_pass(record, programs[name], 0, **ARGS), sorted(programs))
+        values = pool.map(lambda name: code_pass(record, programs[name], 0, **args), sorted(programs))
         return dict(zip(sorted(programs), values))
 
 
 @pytest.mark.parametrize("record", [ASSERTS, CHECK], ids=["asserts", "check"])
-def test_forgeries_score_zero(record):
+def test_forgeries_score_zero(record, args):
     assert len(FORGERIES) >= 20
-    forged = {name: value for name, value in scores(record, FORGERIES).items() if value != 0.0}
+    forged = {name: value for name, value in scores(record, FORGERIES, args).items() if value != 0.0}
     assert forged == {}
 
 
@@ -157,16 +169,16 @@ STDIN_FORGERIES = {
 }
 
 
-def test_stdin_forgeries_score_zero():
-    forged = {name: value for name, value in scores(STDIN, STDIN_FORGERIES).items() if value != 0.0}
+def test_stdin_forgeries_score_zero(args):
+    forged = {name: value for name, value in scores(STDIN, STDIN_FORGERIES, args).items() if value != 0.0}
     assert forged == {}
 
 
 @pytest.mark.parametrize("record", [ASSERTS, CHECK, STDIN], ids=["asserts", "check", "stdin"])
-def test_correct_programs_still_score_one(record):
+def test_correct_programs_still_score_one(record, args):
     program = ("import sys\ndef add(a, b):\n    return a + b\n"
                "if __name__ == '__main__':\n    a, b = map(int, sys.stdin.read().split())\n    print(add(a, b))")
-    assert code_pass(record, program, 0, **ARGS) == 1.0
+    assert code_pass(record, program, 0, **args) == 1.0
     if record is not STDIN:  # in function style, an honest program's own prints and atexit hooks are harmless
         noisy = "import atexit\nprint('debug output')\natexit.register(lambda: print('bye'))\n" + program
-        assert code_pass(record, noisy, 0, **ARGS) == 1.0
+        assert code_pass(record, noisy, 0, **args) == 1.0

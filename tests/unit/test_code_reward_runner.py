@@ -18,6 +18,10 @@ from gdpo_megatron.config.scoring import ScoringConfig
 from gdpo_megatron.rewards import REWARDS, RewardRunner
 from gdpo_megatron.rewards.outcomes import RewardOutOfRange
 from gdpo_megatron.rewards.sandbox import _UID_BASE, _UID_LOCK_DIR
+from gdpo_megatron.rewards.sandbox_preflight import unavailable_reason
+
+pytestmark = pytest.mark.skipif(unavailable_reason("namespaces") is not None,
+                                reason=f"the default sandbox mode cannot run here: {unavailable_reason('namespaces')}")
 
 ASSERTS = {"style": "function", "asserts": ["assert add(1, 2) == 3", "assert add(2, 2) == 4"]}
 CORRECT = "def add(a, b):\n    return a + b"

@@ -5,6 +5,7 @@ import math
 
 import pytest
 
+from gdpo_megatron.rewards.code_tests import CodeOutcome
 from gdpo_megatron.rewards.code_values import decode, encode
 
 VALUES = [None, True, False, 0, -7, 2**100, 1.5, -0.0, "", "é\n", b"\x00\xff", 1 + 2j, [], [1, [2, [3]]],
@@ -50,3 +51,10 @@ def test_depth_is_bounded():
         deep = [deep]
     with pytest.raises(ValueError, match="nested too deeply"):
         encode(deep)
+
+
+def test_code_outcome_cannot_count_more_passes_than_tests():
+    assert CodeOutcome(4, 4, bug=False).passed == 4 and CodeOutcome(0, 0, bug=True).total == 0
+    for passed, total in ((5, 4), (400, 4), (1, 0), (-1, 4)):
+        with pytest.raises(ValueError, match=f"^{passed} passes for {total} tests$"):
+            CodeOutcome(passed, total, bug=False)

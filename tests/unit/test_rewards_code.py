@@ -6,6 +6,10 @@ import pytest
 
 from gdpo_megatron.rewards import REWARDS
 from gdpo_megatron.rewards.code_tests import CodeTestsRefused
+from gdpo_megatron.rewards.sandbox_preflight import unavailable_reason
+
+pytestmark = pytest.mark.skipif(unavailable_reason("namespaces") is not None,
+                                reason=f"the default sandbox mode cannot run here: {unavailable_reason('namespaces')}")
 
 code_pass = REWARDS.get("code_pass")
 no_bug = REWARDS.get("code_no_bug")

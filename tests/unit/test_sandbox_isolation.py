@@ -19,9 +19,11 @@ import pytest
 
 from gdpo_megatron.rewards import sandbox as sandbox_module
 from gdpo_megatron.rewards.sandbox import (_UID_BASE, _UID_LOCK_DIR, SandboxError, SandboxLimits, memory_cgroup_parent,
-                                           namespaces_available, run_sandboxed)
+                                           run_sandboxed)
+from gdpo_megatron.rewards.sandbox_preflight import unavailable_reason
 
-pytestmark = pytest.mark.skipif(not namespaces_available(), reason="needs root (CAP_SYS_ADMIN) for namespaces")
+pytestmark = pytest.mark.skipif(unavailable_reason("namespaces") is not None,
+                                reason=f"the default sandbox mode cannot run here: {unavailable_reason('namespaces')}")
 LIMITS = SandboxLimits(wall_time_s=10.0, cpu_time_s=5.0, memory_mb=256, max_processes=8, max_file_mb=1)
 REPO = Path(__file__).resolve().parents[2]
 KEY = 0x67640000 + os.getpid() % 0xFFFF  # a SysV key of this test run
@@ -194,10 +196,13 @@ def test_time_limits_exclude_interpreter_start_up():
 
 
 def _named(marker: str) -> list[int]:
+    """Live processes named `marker` (in rlimits mode a killed child is reparented to the host's
+    pid 1 and waits there as a zombie, running nothing, until that reaps it)."""
     pids = []
     for pid in os.listdir("/proc"):
         try:
-            if pid.isdigit() and Path(f"/proc/{pid}/comm").read_text().strip() == marker:
+            if (pid.isdigit() and Path(f"/proc/{pid}/comm").read_text().strip() == marker
+                    and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"):
                 pids.append(int(pid))
         except OSError:
             pass
@@ -229,6 +234,9 @@ def _guards_below(ancestor: int) -> list[tuple[int, str]]:
 CALLERS = {
     "run_sandboxed": "from gdpo_megatron.rewards.sandbox import SandboxLimits, run_sandboxed\n"
                      "run_sandboxed(PROGRAM, limits=SandboxLimits(wall_time_s=60, cpu_time_s=60))\n",
+    # No pid namespace: the run's process group and uid are what the launcher kills.
+    "rlimits": "from gdpo_megatron.rewards.sandbox import SandboxLimits, run_sandboxed\n"
+               "run_sandboxed(PROGRAM, limits=SandboxLimits(wall_time_s=60, cpu_time_s=60, isolation='rlimits'))\n",
     # A trainer with one reward worker that runs a code reward: the trainer is killed.
     "reward_worker": "import multiprocessing as mp, time\n"
                      "from gdpo_megatron.rewards._reward_worker import worker_main\n"
@@ -270,7 +278,7 @@ def test_a_dead_caller_takes_its_sandbox_with_it(caller, tmp_path):
         proc.kill()
         proc.wait()
     # A dead caller: within a second; a dead trainer: its worker notices within 0.5 s, then the same.
-    assert _named(marker) == [] and gone_after < (1.0 if caller == "run_sandboxed" else 1.5)
+    assert _named(marker) == [] and gone_after < (1.5 if caller == "reward_worker" else 1.0)
     time.sleep(0.2)
     assert not any(p.exists() for p in stagings)  # removed by the launchers, not by the dead caller
     fd = os.open(_UID_LOCK_DIR / f"{uid - _UID_BASE}.lock", os.O_RDWR)
