@@ -25,6 +25,7 @@ import builtins
 import functools
 import json
 import sys
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -95,9 +96,16 @@ def _loads(tree: ast.AST) -> tuple[set[str], set[str]]:
     return names, names - as_value
 
 
+# The CPython 3.11 here can fail an `ast.parse` that runs in two threads at once ("SystemError:
+# AST constructor recursion depth mismatch", seen in `gdpo eval`, which scores from a thread
+# pool); one parse at a time costs nothing next to a sandbox run.
+_PARSE_LOCK = threading.Lock()
+
+
 def _parse(source: str, what: str, record_id) -> ast.Module:
     try:
-        return ast.parse(source)
+        with _PARSE_LOCK:
+            return ast.parse(source)
     except SyntaxError as exc:
         raise CodeTestsRefused(f"record {record_id!r}: {what} does not parse: {exc.msg} (line {exc.lineno})") from None
 
