@@ -13,15 +13,9 @@ import pytest
 from gdpo_megatron.cli import main
 from gdpo_megatron.config import ConfigError
 from gdpo_megatron.recipe_checks import load_checked_recipe
+from helpers.recipes import tiny_recipe_with
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ROOT / "recipes" / "tiny" / "synthetic-gdpo-1n2c.yaml"
-
-
-def _recipe(tmp_path: Path, body: str) -> Path:
-    path = tmp_path / "recipe.yaml"
-    path.write_text(f"defaults: {TINY}\n" + textwrap.dedent(body))
-    return path
 
 
 BAD_REWARD = """
@@ -36,7 +30,7 @@ algorithm:
     (["launch"], ["--cluster", str(ROOT / "clusters" / "local.yaml"), "--dryrun"]), (["train"], []),
 ])
 def test_every_entry_point_refuses_an_unregistered_reward_before_starting_anything(tmp_path, capsys, command, options):
-    recipe = _recipe(tmp_path, BAD_REWARD)
+    recipe = tiny_recipe_with(tmp_path, BAD_REWARD)
     run_dir = tmp_path / "run"
     args = [*command, str(recipe), f"trainer.run_dir={run_dir}", *options]
     assert main(args) == 2
@@ -48,7 +42,7 @@ def test_every_entry_point_refuses_an_unregistered_reward_before_starting_anythi
 
 
 def test_reward_arguments_are_checked_against_the_function(tmp_path):
-    recipe = _recipe(tmp_path, """
+    recipe = tiny_recipe_with(tmp_path, """
     algorithm:
       rewards:
         - {name: correct, function: synthetic_correct}
@@ -60,7 +54,7 @@ def test_reward_arguments_are_checked_against_the_function(tmp_path):
     assert text.startswith("algorithm.rewards[1].args: reward function 'synthetic_length' does not accept these "
                            "arguments")
     assert "max_tokenz" in text and "it takes: max_tokens" in text and str(recipe) in text
-    good = _recipe(tmp_path, """
+    good = tiny_recipe_with(tmp_path, """
     algorithm:
       rewards:
         - {name: length, function: synthetic_length, args: {max_tokens: 8}}
@@ -77,14 +71,14 @@ def test_reward_modules_are_imported_and_their_rewards_accepted(tmp_path, monkey
             return float(mark in response)
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
-    recipe = _recipe(tmp_path, """
+    recipe = tiny_recipe_with(tmp_path, """
     scoring: {reward_modules: [my_rewards_for_check]}
     algorithm:
       rewards:
         - {name: loud, function: exclaims, args: {mark: "?"}}
     """)
     assert load_checked_recipe(recipe).algorithm.rewards[0].function == "exclaims"
-    wrong = _recipe(tmp_path, """
+    wrong = tiny_recipe_with(tmp_path, """
     scoring: {reward_modules: [my_rewards_for_check]}
     algorithm:
       rewards:
@@ -92,7 +86,7 @@ def test_reward_modules_are_imported_and_their_rewards_accepted(tmp_path, monkey
     """)
     with pytest.raises(ConfigError, match=r"^algorithm.rewards\[0\].args: .*it takes: mark"):
         load_checked_recipe(wrong)
-    missing = _recipe(tmp_path, """
+    missing = tiny_recipe_with(tmp_path, """
     scoring: {reward_modules: [no_such_module_for_check]}
     """)
     with pytest.raises(ConfigError, match=r"^scoring.reward_modules\[0\]: cannot import 'no_such_module_for_check': "
@@ -102,7 +96,7 @@ def test_reward_modules_are_imported_and_their_rewards_accepted(tmp_path, monkey
 
 
 def test_data_files_must_exist_and_parse(tmp_path):
-    missing = _recipe(tmp_path, f"""
+    missing = tiny_recipe_with(tmp_path, f"""
     data: {{task: math, train_path: {tmp_path / 'nope.jsonl'}}}
     """)
     with pytest.raises(ConfigError, match=r"^data.train_path: no such data file: .*nope.jsonl"):
@@ -111,7 +105,7 @@ def test_data_files_must_exist_and_parse(tmp_path):
     assert load_checked_recipe(missing).data.train_path.endswith("nope.jsonl")
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"id": "a", "prompt": "1+1?", "answer": "2"}) + "\n{oops\n")
-    broken = _recipe(tmp_path, f"""
+    broken = tiny_recipe_with(tmp_path, f"""
     data: {{task: math, train_path: {bad}}}
     """)
     with pytest.raises(ConfigError) as info:
@@ -121,7 +115,7 @@ def test_data_files_must_exist_and_parse(tmp_path):
 
 
 def test_train_refuses_a_missing_data_file_before_starting_anything(tmp_path, capsys):
-    recipe = _recipe(tmp_path, f"""
+    recipe = tiny_recipe_with(tmp_path, f"""
     data: {{task: math, train_path: {tmp_path / 'nope.jsonl'}}}
     """)
     run_dir = tmp_path / "run"

@@ -21,6 +21,7 @@ from gdpo_megatron.rewards import sandbox as sandbox_module
 from gdpo_megatron.rewards.sandbox import (_UID_BASE, _UID_LOCK_DIR, SandboxError, SandboxLimits, memory_cgroup_parent,
                                            run_sandboxed)
 from gdpo_megatron.rewards.sandbox_preflight import unavailable_reason
+from helpers.processes import live_processes_named  # noqa: E402
 
 pytestmark = pytest.mark.skipif(unavailable_reason("namespaces") is not None,
                                 reason=f"the default sandbox mode cannot run here: {unavailable_reason('namespaces')}")
@@ -195,20 +196,6 @@ def test_time_limits_exclude_interpreter_start_up():
     assert slow.timed_out and 0.2 <= slow.wall_time_s < 0.5
 
 
-def _named(marker: str) -> list[int]:
-    """Live processes named `marker` (in rlimits mode a killed child is reparented to the host's
-    pid 1 and waits there as a zombie, running nothing, until that reaps it)."""
-    pids = []
-    for pid in os.listdir("/proc"):
-        try:
-            if (pid.isdigit() and Path(f"/proc/{pid}/comm").read_text().strip() == marker
-                    and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"):
-                pids.append(int(pid))
-        except OSError:
-            pass
-    return pids
-
-
 def _guards_below(ancestor: int) -> list[tuple[int, str]]:
     """(pid, staging dir) of the sandbox launchers that descend from `ancestor`."""
     parents, commands = {}, {}
@@ -262,23 +249,23 @@ def test_a_dead_caller_takes_its_sandbox_with_it(caller, tmp_path):
     proc = subprocess.Popen([sys.executable, str(script)], env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
         deadline = time.monotonic() + 60
-        while len(_named(marker)) < 2 and time.monotonic() < deadline:
+        while len(live_processes_named(marker)) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-        named = _named(marker)
+        named = live_processes_named(marker)
         assert len(named) == 2, "the sandbox did not start"
         uid = int(Path(f"/proc/{named[0]}/status").read_text().split("Uid:")[1].split()[0])
         stagings = [Path(staging) for _, staging in _guards_below(proc.pid)]
         assert stagings and all(p.name.startswith("gdpo-sbx-") and p.exists() for p in stagings)
         killed_at = time.monotonic()
         proc.kill()
-        while _named(marker) and time.monotonic() - killed_at < 5:
+        while live_processes_named(marker) and time.monotonic() - killed_at < 5:
             time.sleep(0.02)
         gone_after = time.monotonic() - killed_at
     finally:
         proc.kill()
         proc.wait()
     # A dead caller: within a second; a dead trainer: its worker notices within 0.5 s, then the same.
-    assert _named(marker) == [] and gone_after < (1.5 if caller == "reward_worker" else 1.0)
+    assert live_processes_named(marker) == [] and gone_after < (1.5 if caller == "reward_worker" else 1.0)
     time.sleep(0.2)
     assert not any(p.exists() for p in stagings)  # removed by the launchers, not by the dead caller
     fd = os.open(_UID_LOCK_DIR / f"{uid - _UID_BASE}.lock", os.O_RDWR)

@@ -2,8 +2,6 @@
 the host's ability to run it when the reward worker starts (which prints the mode in use)."""
 
 import io
-import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -14,14 +12,8 @@ from gdpo_megatron.recipe_checks import load_checked_recipe
 from gdpo_megatron.rewards import sandbox as sandbox_module
 from gdpo_megatron.rewards.sandbox import SandboxError
 from gdpo_megatron.rewards.sandbox_preflight import check_sandboxes, sandbox_modes, unavailable_reason
+from helpers.recipes import tiny_recipe_with
 
-TINY = Path(__file__).resolve().parents[2] / "recipes" / "tiny" / "synthetic-gdpo-1n2c.yaml"
-
-
-def _recipe(tmp_path: Path, body: str) -> Path:
-    path = tmp_path / "recipe.yaml"
-    path.write_text(f"defaults: {TINY}\n" + textwrap.dedent(body))
-    return path
 
 CODE_REWARDS = """
 algorithm:
@@ -33,24 +25,24 @@ algorithm:
 
 
 def test_an_unknown_isolation_mode_is_refused_at_load_naming_key_and_file(tmp_path):
-    recipe = _recipe(tmp_path, CODE_REWARDS.format(mode="userns"))
+    recipe = tiny_recipe_with(tmp_path, CODE_REWARDS.format(mode="userns"))
     with pytest.raises(ConfigError) as info:
         load_checked_recipe(recipe)
     assert str(info.value) == ("algorithm.rewards[1].args.isolation: reward function 'code_pass' takes isolation one "
                                f"of 'namespaces', 'rlimits', got 'userns' (set in {recipe})")
     for mode in ("namespaces", "rlimits"):  # the host is not asked at load: plans are made elsewhere
-        assert load_checked_recipe(_recipe(tmp_path, CODE_REWARDS.format(mode=mode))).algorithm.rewards[1].args == {
+        assert load_checked_recipe(tiny_recipe_with(tmp_path, CODE_REWARDS.format(mode=mode))).algorithm.rewards[1].args == {
             "isolation": mode}
 
 
 def _worker_data(tmp_path, mode):
-    return to_dict(load_checked_recipe(_recipe(tmp_path, CODE_REWARDS.format(mode=mode))))
+    return to_dict(load_checked_recipe(tiny_recipe_with(tmp_path, CODE_REWARDS.format(mode=mode))))
 
 
 def test_modes_in_use_are_read_from_the_sandboxed_rewards(tmp_path):
-    recipe = load_checked_recipe(_recipe(tmp_path, CODE_REWARDS.format(mode="rlimits")))
+    recipe = load_checked_recipe(tiny_recipe_with(tmp_path, CODE_REWARDS.format(mode="rlimits")))
     assert sandbox_modes(recipe.algorithm.rewards) == {"rlimits": ["pass"], "namespaces": ["no_bug"]}
-    tiny = load_checked_recipe(_recipe(tmp_path, ""))
+    tiny = load_checked_recipe(tiny_recipe_with(tmp_path, ""))
     assert sandbox_modes(tiny.algorithm.rewards) == {}
     assert check_sandboxes(tiny.algorithm.rewards, stream=io.StringIO()) == []  # nothing to run, nothing said
 
@@ -72,7 +64,7 @@ def test_the_reward_worker_prints_the_mode_once(tmp_path, capsys):
 def test_a_weaker_mode_is_printed_as_a_warning(tmp_path):
     body = CODE_REWARDS.format(mode="rlimits").replace("function: code_no_bug}", "function: code_no_bug, "
                                                        "args: {isolation: rlimits}}")
-    recipe = load_checked_recipe(_recipe(tmp_path, body))
+    recipe = load_checked_recipe(tiny_recipe_with(tmp_path, body))
     stream = io.StringIO()
     lines = check_sandboxes(recipe.algorithm.rewards, stream=stream)
     assert stream.getvalue().splitlines() == lines and len(lines) == 1

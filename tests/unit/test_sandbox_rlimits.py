@@ -16,31 +16,18 @@ import pytest
 from gdpo_megatron.rewards import REWARDS
 from gdpo_megatron.rewards.sandbox import ISOLATION_MODES, Sandbox, SandboxError, SandboxLimits, run_sandboxed
 from gdpo_megatron.rewards.sandbox_preflight import unavailable_reason
+from helpers.processes import live_processes_named  # noqa: E402
 
 needs_rlimits = pytest.mark.skipif(unavailable_reason("rlimits") is not None,
                                    reason=str(unavailable_reason("rlimits")))
 RLIMITS = SandboxLimits(wall_time_s=10.0, cpu_time_s=5.0, memory_mb=256, max_processes=8, isolation="rlimits")
 
 
-def _named(marker: str) -> list[int]:
-    """Live processes named `marker` (a killed one whose parent died waits, a zombie, for the
-    host's pid 1 to reap it: it runs nothing)."""
-    pids = []
-    for pid in os.listdir("/proc"):
-        try:
-            if (pid.isdigit() and Path(f"/proc/{pid}/comm").read_text().strip() == marker
-                    and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"):
-                pids.append(int(pid))
-        except OSError:
-            pass
-    return pids
-
-
 def _wait_gone(marker: str, within_s: float) -> list[int]:
     deadline = time.monotonic() + within_s
-    while _named(marker) and time.monotonic() < deadline:
+    while live_processes_named(marker) and time.monotonic() < deadline:
         time.sleep(0.02)
-    return _named(marker)
+    return live_processes_named(marker)
 
 
 def test_rlimits_is_refused_without_root(monkeypatch):
@@ -128,9 +115,9 @@ def test_the_program_dies_with_its_launcher():
     with Sandbox(code, SandboxLimits(wall_time_s=60.0, isolation="rlimits")) as sandbox:
         sandbox.wait_started()
         deadline = time.monotonic() + 10
-        while not _named(marker) and time.monotonic() < deadline:
+        while not live_processes_named(marker) and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert len(_named(marker)) == 1
+        assert len(live_processes_named(marker)) == 1
         os.kill(sandbox.proc.pid, signal.SIGKILL)
         assert _wait_gone(marker, 1.0) == []
 
