@@ -185,12 +185,7 @@ class Trainer:
         engines_ready = [(f"engine-{i}", engine.where.remote()) for i, engine in enumerate(self.engines)]
         if self.colocated:
             self.engine_places = list(get_all(engines_ready, None, nodes=self.worker_nodes).values())
-            asleep = self._engine_calls("sleep", self.recipe.generation.sleep_level)
-            used = [r.get("device_used_bytes") for r in asleep]
-            if any(used):  # GPU engines: what their GPUs still hold with the engines asleep
-                self.log("[engines] asleep before the policy starts; GPU memory in use per engine worker: "
-                         + "; ".join(f"engine-{i} " + ", ".join(f"{b / 2**30:.1f} GiB" for b in u)
-                                     for i, u in enumerate(used) if u))
+            self._log_engine_memory(self._engine_calls("sleep", self.recipe.generation.sleep_level))
         self.workers = self._start_policy_ranks(plan, data)
         self.rewarder = ray.remote(RewardWorker).options(**plan.reward_options(), name="rewards").remote(data)
         self.worker_nodes["rewards"] = plan.node_addresses[0] if plan.node_addresses else ""
@@ -206,6 +201,14 @@ class Trainer:
             self.engine_places = list(get_all(engines_ready, None, nodes=self.worker_nodes).values())
         self.layouts = ray.get([w.layout.remote() for w in self.workers])
         self.dp_size = self.layouts[0]["dp_size"]
+
+    def _log_engine_memory(self, asleep: list[dict]) -> None:
+        """What the GPUs of asleep engines still hold (GPU engines only: CPU engines report nothing)."""
+        used = [r.get("device_used_bytes") for r in asleep]
+        if any(used):
+            self.log("[engines] asleep before the policy starts; GPU memory in use per engine worker: "
+                     + "; ".join(f"engine-{i} " + ", ".join(f"{b / 2**30:.1f} GiB" for b in u)
+                                 for i, u in enumerate(used) if u))
 
     def _start_policy_ranks(self, plan, data: dict) -> list:
         """One actor per policy rank in its bundle (created, not yet joined to the process group)."""

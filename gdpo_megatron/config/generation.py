@@ -9,6 +9,11 @@ from typing import Literal, Optional
 from .errors import ConfigError
 from .schema import Section, option
 
+# Why `refit.transport: collective` cannot feed colocated GPU engines: the exporting policy rank
+# and the engine worker colocated with it would be two NCCL ranks of one group on one GPU.
+COLOCATED_COLLECTIVE = ("collective cannot reach colocated GPU engines (NCCL refuses two ranks of one group on "
+                        "one GPU); use cuda_ipc, auto or object_store")
+
 
 @dataclass
 class SamplingConfig(Section):

@@ -11,7 +11,7 @@ from .algorithm import AlgorithmConfig
 from .cluster import ClusterConfig
 from .data import DataConfig
 from .errors import ConfigError
-from .generation import GenerationConfig
+from .generation import COLOCATED_COLLECTIVE, GenerationConfig
 from .loader import LoadedConfig, apply_overrides, load_recipe_file
 from .policy import PolicyConfig
 from .schema import Section, build, option, to_dict
@@ -38,10 +38,7 @@ class RecipeConfig(Section):
     def validate(self) -> None:
         gen = self.generation
         if gen.refit.transport == "collective" and gen.colocated and not self.cluster.is_cpu:
-            # The exporting policy rank and its colocated engine worker would be two NCCL ranks
-            # on one GPU, which NCCL refuses.
-            raise ConfigError("generation.refit.transport: collective cannot reach colocated GPU engines (NCCL "
-                              "refuses two ranks of one group on one GPU); use cuda_ipc, auto or object_store")
+            raise ConfigError(f"generation.refit.transport: {COLOCATED_COLLECTIVE}")
         group_filter = self.algorithm.group_filter
         sampled = self.trainer.rollouts_per_prompt
         if group_filter.enabled:

@@ -27,6 +27,14 @@ from .transports import cuda_ipc_export, cuda_ipc_open, pack_bucket
 _END = b"end"
 
 
+def current_gpu_uuid() -> str:
+    """This process's GPU by identity, independent of CUDA_VISIBLE_DEVICES numbering ("" without
+    CUDA): how a policy rank and the engine worker colocated with it find each other."""
+    if not torch.cuda.is_available():
+        return ""
+    return str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
+
+
 def control_store(host: str, port: int, is_server: bool, timeout: timedelta = timedelta(minutes=10)):
     """The TCPStore that carries handles and acknowledgements (no process group is formed)."""
     from torch.distributed import TCPStore

@@ -35,11 +35,9 @@ class RefitWorkerExtension:
     # ------------------------------------------------------------------ devices
     def gdpo_device_uuid(self) -> str:
         """This worker's GPU identity ("" on CPU): pairs an engine worker with the policy rank on its GPU."""
-        import torch
+        from .cuda_ipc import current_gpu_uuid
 
-        if not torch.cuda.is_available():
-            return ""
-        return str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
+        return current_gpu_uuid()
 
     def gdpo_device_used_bytes(self):
         """Memory in use on this worker's GPU (None on CPU); what sleep frees shows here."""

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from gdpo_megatron.config.errors import ConfigError
+from gdpo_megatron.config.generation import COLOCATED_COLLECTIVE
 from gdpo_megatron.registry import Registry
 
 from .buckets import NamedTensor, tensor_bytes
@@ -133,8 +134,5 @@ def resolve_transport(generation_config, on_gpu: bool) -> str:
     if spec.colocated_only and not generation_config.colocated:
         raise ConfigError(f"generation.refit.transport: {name} needs colocated engines (generation.colocated: true)")
     if name == "collective" and on_gpu and generation_config.colocated:
-        # The exporting policy rank and the engine worker colocated with it would be two NCCL
-        # ranks of one group on one GPU, which NCCL refuses ("Duplicate GPU detected").
-        raise ConfigError("generation.refit.transport: collective cannot reach colocated GPU engines (NCCL refuses "
-                          "two ranks of one group on one GPU); use cuda_ipc, auto or object_store")
+        raise ConfigError(f"generation.refit.transport: {COLOCATED_COLLECTIVE}")
     return name

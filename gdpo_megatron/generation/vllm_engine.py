@@ -183,7 +183,6 @@ class VllmEngine:
                 ))
         return rollouts
 
-    # ------------------------------------------------------------------ weights
     # ------------------------------------------------------------------ devices
     def device_uuids(self) -> list[str]:
         """The GPU of each engine worker, in tensor-parallel order ([] on CPU).
@@ -197,6 +196,7 @@ class VllmEngine:
         """Device memory in use on each engine worker's GPU ([] on CPU)."""
         return [used for used in self.llm.collective_rpc("gdpo_device_used_bytes") if used is not None]
 
+    # ------------------------------------------------------------------ weights
     def _model_runner(self):
         executor = self.llm.llm_engine.model_executor
         return executor.driver_worker.worker.model_runner if hasattr(executor.driver_worker, "worker") \

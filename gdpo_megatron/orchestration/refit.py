@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import socket
 
-import torch
-
 from gdpo_megatron.generation.buckets import iter_buckets
 
 
@@ -131,12 +129,6 @@ def create_refitter(recipe, workers: list, engines: list):
 
 
 # ---------------------------------------------------------------------------- actor mix-ins
-def gpu_uuid(device: int | None = None) -> str:
-    """A GPU's identity independent of CUDA_VISIBLE_DEVICES numbering (pairs colocated processes)."""
-    index = torch.cuda.current_device() if device is None else device
-    return str(torch.cuda.get_device_properties(index).uuid)
-
-
 class RefitSender:
     """Mixed into PolicyWorker (needs `self.policy`, `self.rank`): the exporting side of every transport."""
 
@@ -186,7 +178,9 @@ class RefitSender:
         return broadcast_weights(group, stream, bucket_bytes)
 
     def gpu_uuid(self) -> str:
-        return gpu_uuid()
+        from gdpo_megatron.generation.cuda_ipc import current_gpu_uuid
+
+        return current_gpu_uuid()
 
     def open_ipc_channel(self, host: str, port: int, is_server: bool, channel: str | None) -> None:
         from gdpo_megatron.generation.cuda_ipc import control_store

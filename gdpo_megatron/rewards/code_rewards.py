@@ -106,8 +106,3 @@ def code_no_bug(record: dict, response: str, num_tokens: int, timeout_s: float =
     if outcome is None:
         return math.nan
     return 0.0 if outcome.bug else 1.0
-
-
-# Rewards that run programs in the sandbox: a reward worker checks once at start-up that this
-# host runs the isolation mode each of them asks for (rewards/sandbox_preflight.py).
-code_pass.sandbox_isolation = code_no_bug.sandbox_isolation = "namespaces"

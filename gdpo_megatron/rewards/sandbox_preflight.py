@@ -11,7 +11,9 @@ each one NaN, counted as a sandbox failure, and training goes on with no code re
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
+import typing
 from typing import Optional
 
 from . import sandbox
@@ -44,11 +46,23 @@ def unavailable_reason(mode: str) -> Optional[str]:
         return str(exc)
 
 
+def _isolation_default(function) -> Optional[str]:
+    """The default of a reward's `isolation: Isolation` parameter: it runs programs in the sandbox."""
+    parameter = inspect.signature(function).parameters.get("isolation")
+    if parameter is None:
+        return None
+    try:
+        hint = typing.get_type_hints(function).get("isolation")
+    except Exception:  # noqa: BLE001 - a plugin's unresolvable annotations: not one of ours
+        return None
+    return parameter.default if hint == sandbox.Isolation else None
+
+
 def sandbox_modes(specs) -> dict[str, list[str]]:
     """Isolation mode -> names of the rewards (RewardSpec) that run their programs in it."""
     modes: dict[str, list[str]] = {}
     for spec in specs:
-        default = getattr(REWARDS.get(spec.function_name), "sandbox_isolation", None)
+        default = _isolation_default(REWARDS.get(spec.function_name))
         if default is not None:
             modes.setdefault(spec.args.get("isolation", default), []).append(spec.name)
     return modes
