@@ -25,6 +25,11 @@ separately; the table shows the median of the remaining steps and the ratio. Wit
 drifts during the invocation then weighs on both), and the ratio of every round is printed with
 their median. Wrap it in
 the machine's slot lock where one exists (it starts Ray, vLLM and training).
+
+On a virtual machine the host can take CPU time from the guest (steal time, Linux
+/proc/stat); each side's run reports the share of the machine's CPU time stolen while it
+ran, and a round where either side lost more than STEAL_WARN of it is flagged: its ratio
+says more about the host than about the two programs.
 """
 
 from __future__ import annotations
@@ -60,12 +65,38 @@ GDPO_OVERRIDES = [
     "trainer.validation.every_steps=0",
     "trainer.checkpoint.every_steps=0",
 ]
+STEAL_WARN = 0.05  # share of CPU time stolen by the VM host above which a round is flagged
 PHASES = ("generation", "rewards", "advantage", "logprobs", "policy_update", "refit")
 
 
 def median_after(values: list[float], skip: int) -> float:
     kept = values[skip:] or values
     return statistics.median(kept)
+
+
+# ----------------------------------------------------------------------------- machine load
+
+def cpu_times(stat_text: str) -> tuple[int, int]:
+    """(steal, total) jiffies of all CPUs from /proc/stat's first line (guest time is inside user)."""
+    fields = stat_text.splitlines()[0].split()
+    if fields[0] != "cpu":
+        raise ValueError(f"/proc/stat does not start with the aggregate cpu line: {stat_text[:80]!r}")
+    values = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    return values[7], sum(values)
+
+
+def stolen_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """Share of the machine's CPU time the host took between two cpu_times() readings (None: unknown)."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
+def read_cpu_times() -> tuple[int, int] | None:
+    try:
+        return cpu_times(Path("/proc/stat").read_text())
+    except (OSError, ValueError, IndexError):
+        return None  # not Linux: the report says the steal is unknown
 
 
 # ----------------------------------------------------------------------------- gdpo side
@@ -209,7 +240,9 @@ def _report_round(results: dict[str, dict], skip: int, threads: int, skip_from: 
         print(f"{key:>16} {cells[0]} {cells[1]}")
     for name, result in results.items():
         steps_s = [s["time/step"] for s in result["steps"]]
-        print(f"{name}: first step {steps_s[0]:.2f} s, steps before {skip_from}: {sum(steps_s[:skip]):.2f} s, "
+        steal = result.get("steal")
+        print(f"{name}: CPU time stolen by the host {'unknown' if steal is None else f'{100 * steal:.1f}%'}; "
+              f"first step {steps_s[0]:.2f} s, steps before {skip_from}: {sum(steps_s[:skip]):.2f} s, "
               f"start-up and shutdown outside steps {result['wall_s'] - sum(steps_s):.1f} s, process wall "
               f"{result['wall_s']:.1f} s"
               + (f"; TRL {result['trl']}, torch {result['torch']}, {result['parameters'] / 1e6:.2f}M parameters"
@@ -244,7 +277,9 @@ def main() -> int:
             workdir = Path(tmp) / f"{name}-{index}"
             workdir.mkdir()
             try:
+                before = read_cpu_times()
                 rounds[index][name] = runner(args.steps, args.threads, workdir)
+                rounds[index][name]["steal"] = stolen_share(before, read_cpu_times())
             except SystemExit as failure:  # report it, still measure the other side
                 print(f"[bench_e2e] {name}: {failure}", file=sys.stderr, flush=True)
                 failed = True
@@ -262,6 +297,10 @@ def main() -> int:
             ratios.append(trl_step / gdpo_step)
             print(f"rollouts/s: gdpo {rollouts / gdpo_step:.1f}, TRL {rollouts / trl_step:.1f}; "
                   f"TRL s/step / gdpo s/step = {ratios[-1]:.2f}x (above 1: gdpo is faster)")
+            disturbed = [n for n, r in results.items() if (r.get("steal") or 0.0) > STEAL_WARN]
+            if disturbed:
+                print(f"WARNING: the host took more than {100 * STEAL_WARN:.0f}% of the CPU time during "
+                      f"{' and '.join(disturbed)}; this round's ratio is not a fair comparison")
     if len(ratios) > 1:
         print(f"\nratio per round: {', '.join(f'{r:.2f}x' for r in ratios)}; median {statistics.median(ratios):.2f}x")
     return 1 if failed or not any(rounds) else 0

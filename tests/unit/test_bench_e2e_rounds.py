@@ -26,3 +26,21 @@ def test_warm_up_steps_are_left_out_of_the_median():
     bench = _bench()
     assert bench.median_after([9.0, 1.0, 2.0, 3.0], 1) == 2.0
     assert bench.median_after([9.0], 1) == 9.0  # nothing after the warm-up: the only value
+
+
+def test_stolen_share_from_two_proc_stat_readings():
+    bench = _bench()
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    before = bench.cpu_times("cpu  100 0 50 800 0 0 0 50 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n")
+    after = bench.cpu_times("cpu  200 0 100 1500 0 0 0 200 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n")
+    assert before == (50, 1000) and after == (200, 2000)
+    assert bench.stolen_share(before, after) == 150 / 1000
+    assert bench.stolen_share(None, after) is None
+    assert bench.stolen_share(after, after) is None  # no time passed: unknown, not 0
+
+
+def test_proc_stat_without_the_aggregate_line_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="aggregate cpu line"):
+        _bench().cpu_times("intr 1 2 3\n")
