@@ -29,7 +29,10 @@ the machine's slot lock where one exists (it starts Ray, vLLM and training).
 On a virtual machine the host can take CPU time from the guest (steal time, Linux
 /proc/stat); each side's run reports the share of the machine's CPU time stolen while it
 ran, and a round where either side lost more than STEAL_WARN of it is flagged: its ratio
-says more about the host than about the two programs.
+says more about the host than about the two programs. Steal time misses contention for
+memory bandwidth and caches, so each side's run is also bracketed by two fixed probes at
+the benchmark's thread count, an fp32 matmul (GFLOP/s) and a 128 MiB copy (GB/s); a round
+whose probes of either kind differ by more than SPEED_WARN is flagged too.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ GDPO_OVERRIDES = [
     "trainer.checkpoint.every_steps=0",
 ]
 STEAL_WARN = 0.05  # share of CPU time stolen by the VM host above which a round is flagged
+SPEED_WARN = 0.15  # relative spread of the matmul probes within a round above which it is flagged
 PHASES = ("generation", "rewards", "advantage", "logprobs", "policy_update", "refit")
 
 
@@ -97,6 +101,35 @@ def read_cpu_times() -> tuple[int, int] | None:
         return cpu_times(Path("/proc/stat").read_text())
     except (OSError, ValueError, IndexError):
         return None  # not Linux: the report says the steal is unknown
+
+
+def machine_speed(threads: int) -> dict[str, float]:
+    """How fast the machine is right now on `threads` threads: fp32 matmul GFLOP/s and copy GB/s."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        square = torch.randn(768, 768)
+        source = torch.randn(2**25)  # 128 MiB: well past the caches
+        target = torch.empty_like(source)
+        square @ square, target.copy_(source)  # first calls: allocation and kernel selection
+        start = time.perf_counter()
+        for _ in range(24):
+            square @ square
+        gflops = 2 * 768**3 * 24 / (time.perf_counter() - start) / 1e9
+        start = time.perf_counter()
+        for _ in range(8):
+            target.copy_(source)
+        gbps = 2 * source.numel() * 4 * 8 / (time.perf_counter() - start) / 1e9  # read + write
+        return {"gflops": gflops, "gbps": gbps}
+    finally:
+        torch.set_num_threads(previous)
+
+
+def speed_spread(speeds: list[float]) -> float:
+    """(fastest - slowest) / fastest over a round's probes; 0 with fewer than two."""
+    return (max(speeds) - min(speeds)) / max(speeds) if len(speeds) > 1 else 0.0
 
 
 # ----------------------------------------------------------------------------- gdpo side
@@ -241,7 +274,12 @@ def _report_round(results: dict[str, dict], skip: int, threads: int, skip_from: 
     for name, result in results.items():
         steps_s = [s["time/step"] for s in result["steps"]]
         steal = result.get("steal")
-        print(f"{name}: CPU time stolen by the host {'unknown' if steal is None else f'{100 * steal:.1f}%'}; "
+        speed = result.get("speed", [])
+        matmul = "/".join(f"{probe['gflops']:.0f}" for probe in speed)
+        copy = "/".join(f"{probe['gbps']:.1f}" for probe in speed)
+        probes = f"probes before/after: matmul {matmul} GFLOP/s, copy {copy} GB/s"
+        print(f"{name}: CPU time stolen by the host {'unknown' if steal is None else f'{100 * steal:.1f}%'}, "
+              f"{probes}; "
               f"first step {steps_s[0]:.2f} s, steps before {skip_from}: {sum(steps_s[:skip]):.2f} s, "
               f"start-up and shutdown outside steps {result['wall_s'] - sum(steps_s):.1f} s, process wall "
               f"{result['wall_s']:.1f} s"
@@ -277,9 +315,10 @@ def main() -> int:
             workdir = Path(tmp) / f"{name}-{index}"
             workdir.mkdir()
             try:
-                before = read_cpu_times()
+                before, speed = read_cpu_times(), machine_speed(args.threads)
                 rounds[index][name] = runner(args.steps, args.threads, workdir)
                 rounds[index][name]["steal"] = stolen_share(before, read_cpu_times())
+                rounds[index][name]["speed"] = [speed, machine_speed(args.threads)]
             except SystemExit as failure:  # report it, still measure the other side
                 print(f"[bench_e2e] {name}: {failure}", file=sys.stderr, flush=True)
                 failed = True
@@ -301,6 +340,11 @@ def main() -> int:
             if disturbed:
                 print(f"WARNING: the host took more than {100 * STEAL_WARN:.0f}% of the CPU time during "
                       f"{' and '.join(disturbed)}; this round's ratio is not a fair comparison")
+            for kind, label in (("gflops", "matmul"), ("gbps", "copy")):
+                spread = speed_spread([probe[kind] for r in results.values() for probe in r["speed"]])
+                if spread > SPEED_WARN:
+                    print(f"WARNING: the machine's {label} speed varied by {100 * spread:.0f}% during this "
+                          f"round (probes above); this round's ratio is not a fair comparison")
     if len(ratios) > 1:
         print(f"\nratio per round: {', '.join(f'{r:.2f}x' for r in ratios)}; median {statistics.median(ratios):.2f}x")
     return 1 if failed or not any(rounds) else 0

@@ -44,3 +44,10 @@ def test_proc_stat_without_the_aggregate_line_is_refused():
 
     with pytest.raises(ValueError, match="aggregate cpu line"):
         _bench().cpu_times("intr 1 2 3\n")
+
+
+def test_speed_spread_is_relative_to_the_fastest_probe():
+    bench = _bench()
+    assert bench.speed_spread([100.0, 80.0, 90.0, 95.0]) == 0.2
+    assert bench.speed_spread([50.0]) == 0.0
+    assert bench.speed_spread([]) == 0.0
