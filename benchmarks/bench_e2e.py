@@ -69,7 +69,7 @@ GDPO_OVERRIDES = [
     "trainer.checkpoint.every_steps=0",
 ]
 STEAL_WARN = 0.05  # share of CPU time stolen by the VM host above which a round is flagged
-SPEED_WARN = 0.15  # relative spread of the matmul probes within a round above which it is flagged
+SPEED_WARN = 0.15  # relative spread of a round's probes (matmul or copy) above which it is flagged
 PHASES = ("generation", "rewards", "advantage", "logprobs", "policy_update", "refit")
 
 
@@ -130,6 +130,20 @@ def machine_speed(threads: int) -> dict[str, float]:
 def speed_spread(speeds: list[float]) -> float:
     """(fastest - slowest) / fastest over a round's probes; 0 with fewer than two."""
     return (max(speeds) - min(speeds)) / max(speeds) if len(speeds) > 1 else 0.0
+
+
+def unfair_reasons(results: dict[str, dict]) -> list[str]:
+    """Why one round's ratio is not a fair comparison (empty: nothing seen), from each side's steal and probes."""
+    reasons = []
+    disturbed = [name for name, result in results.items() if (result.get("steal") or 0.0) > STEAL_WARN]
+    if disturbed:
+        reasons.append(f"the host took more than {100 * STEAL_WARN:.0f}% of the CPU time during "
+                       f"{' and '.join(disturbed)}")
+    for kind, label in (("gflops", "matmul"), ("gbps", "copy")):
+        spread = speed_spread([probe[kind] for result in results.values() for probe in result.get("speed", [])])
+        if spread > SPEED_WARN:
+            reasons.append(f"the machine's {label} speed varied by {100 * spread:.0f}% (probes above)")
+    return reasons
 
 
 # ----------------------------------------------------------------------------- gdpo side
@@ -336,15 +350,8 @@ def main() -> int:
             ratios.append(trl_step / gdpo_step)
             print(f"rollouts/s: gdpo {rollouts / gdpo_step:.1f}, TRL {rollouts / trl_step:.1f}; "
                   f"TRL s/step / gdpo s/step = {ratios[-1]:.2f}x (above 1: gdpo is faster)")
-            disturbed = [n for n, r in results.items() if (r.get("steal") or 0.0) > STEAL_WARN]
-            if disturbed:
-                print(f"WARNING: the host took more than {100 * STEAL_WARN:.0f}% of the CPU time during "
-                      f"{' and '.join(disturbed)}; this round's ratio is not a fair comparison")
-            for kind, label in (("gflops", "matmul"), ("gbps", "copy")):
-                spread = speed_spread([probe[kind] for r in results.values() for probe in r["speed"]])
-                if spread > SPEED_WARN:
-                    print(f"WARNING: the machine's {label} speed varied by {100 * spread:.0f}% during this "
-                          f"round (probes above); this round's ratio is not a fair comparison")
+            for reason in unfair_reasons(results):
+                print(f"WARNING: {reason}; this round's ratio is not a fair comparison")
     if len(ratios) > 1:
         print(f"\nratio per round: {', '.join(f'{r:.2f}x' for r in ratios)}; median {statistics.median(ratios):.2f}x")
     return 1 if failed or not any(rounds) else 0

@@ -51,3 +51,15 @@ def test_speed_spread_is_relative_to_the_fastest_probe():
     assert bench.speed_spread([100.0, 80.0, 90.0, 95.0]) == 0.2
     assert bench.speed_spread([50.0]) == 0.0
     assert bench.speed_spread([]) == 0.0
+
+
+def test_a_round_is_flagged_by_steal_or_by_either_probe_and_not_otherwise():
+    bench = _bench()
+    quiet = {"gflops": 160.0, "gbps": 40.0}
+    fair = {"gdpo": {"steal": 0.01, "speed": [quiet, quiet]}, "trl": {"steal": None, "speed": [quiet, quiet]}}
+    assert bench.unfair_reasons(fair) == []
+    stolen = {**fair, "trl": {"steal": 0.12, "speed": [quiet, quiet]}}
+    assert bench.unfair_reasons(stolen) == ["the host took more than 5% of the CPU time during trl"]
+    slow_copy = {**fair, "gdpo": {"steal": 0.0, "speed": [quiet, {"gflops": 150.0, "gbps": 20.0}]}}
+    # matmul 150 vs 160 is within 15%; copy 20 vs 40 is 50% apart
+    assert bench.unfair_reasons(slow_copy) == ["the machine's copy speed varied by 50% (probes above)"]
