@@ -23,6 +23,9 @@ class SamplingConfig(Section):
     top_p: float = option(1.0, gt=0, le=1, doc="nucleus sampling mass")
     top_k: int = option(-1, ge=-1, doc="top-k sampling (-1 disables)")
     max_new_tokens: int = option(1024, ge=1, doc="longest response")
+    min_new_tokens: int = option(0, ge=0, doc="shortest response: EOS, stop ids and stop strings cannot end it earlier "
+                                              "(vLLM backend; for fixed-length benchmarks: it changes the sampling "
+                                              "distribution, which the policy's logprobs do not model)")
     stop: list[str] = option(default_factory=list, doc="stop strings")
     stop_token_ids: list[int] = option(default_factory=list, doc="extra stop token ids (the tokenizer's EOS always stops)")
     seed: Optional[int] = option(None, doc="sampling seed (null: derived from the run seed and step)")
@@ -32,6 +35,8 @@ class SamplingConfig(Section):
             raise ConfigError("top_k: 0 would allow no token; use -1 to disable top-k or a positive k")
         if any(t < 0 for t in self.stop_token_ids):
             raise ConfigError(f"stop_token_ids: token ids must be >= 0, got {self.stop_token_ids}")
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ConfigError(f"min_new_tokens: {self.min_new_tokens} exceeds max_new_tokens {self.max_new_tokens}")
 
 
 @dataclass
@@ -79,6 +84,9 @@ class GenerationConfig(Section):
     mismatch_check: MismatchCheckConfig = option(default_factory=MismatchCheckConfig, doc="train/generation mismatch metric")
 
     def validate(self) -> None:
+        if self.backend == "megatron" and self.sampling.min_new_tokens:
+            raise ConfigError("sampling.min_new_tokens: the megatron backend cannot hold back EOS; use the vllm "
+                              "backend or leave it at 0")
         if self.backend == "megatron" and self.num_engines != 1:
             raise ConfigError("num_engines: the megatron backend runs inside the policy workers; leave it at 1")
         if self.refit.transport == "cuda_ipc" and not self.colocated:

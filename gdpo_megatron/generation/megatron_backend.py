@@ -187,6 +187,8 @@ class MegatronBackend:
         from megatron.core.inference.inference_request import InferenceRequest
         from megatron.core.inference.sampling_params import SamplingParams as MegatronSampling
 
+        if sampling.min_new_tokens:
+            raise ValueError("min_new_tokens: the megatron backend cannot hold back EOS (vllm backend only)")
         longest = max((len(p) for p in prompt_token_ids), default=0)
         if longest + sampling.max_new_tokens > self.max_sequence_length:
             raise ValueError(f"prompt of {longest} tokens + max_new_tokens {sampling.max_new_tokens} exceeds the "

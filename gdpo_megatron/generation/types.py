@@ -27,6 +27,7 @@ class SamplingSettings:
     top_p: float = 1.0
     top_k: int = -1
     max_new_tokens: int = 128
+    min_new_tokens: int = 0  # EOS, stop ids and stop strings cannot end a response shorter than this
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     seed: Optional[int] = None
@@ -36,6 +37,9 @@ class SamplingSettings:
             raise ValueError(f"n: rollouts per prompt must be >= 1, got {self.n}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens: must be >= 1, got {self.max_new_tokens}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError(f"min_new_tokens: must be in [0, max_new_tokens={self.max_new_tokens}], "
+                             f"got {self.min_new_tokens}")
         if self.temperature < 0:
             raise ValueError(f"temperature: must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -58,13 +62,18 @@ GenerationRequest = SamplingSettings
 
 def sampling_from_config(config: SamplingConfig, *, n: int = 1, seed: Optional[int] = None,
                          max_new_tokens: Optional[int] = None) -> SamplingSettings:
-    """Settings from the recipe's `generation.sampling`; `seed` overrides the recipe's (per-step seeds)."""
+    """Settings from the recipe's `generation.sampling`; `seed` overrides the recipe's (per-step seeds).
+
+    A `max_new_tokens` override below the recipe's `min_new_tokens` lowers the minimum with it.
+    """
+    longest = max_new_tokens if max_new_tokens is not None else config.max_new_tokens
     return SamplingSettings(
         n=n,
         temperature=config.temperature,
         top_p=config.top_p,
         top_k=config.top_k,
-        max_new_tokens=max_new_tokens if max_new_tokens is not None else config.max_new_tokens,
+        max_new_tokens=longest,
+        min_new_tokens=min(config.min_new_tokens, longest),
         stop=tuple(config.stop),
         stop_token_ids=tuple(config.stop_token_ids),
         seed=seed if seed is not None else config.seed,

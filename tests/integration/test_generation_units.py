@@ -84,6 +84,12 @@ def test_sampling_settings_from_config_and_seeds():
     assert SamplingSettings(seed=None).seed_for(3) is None
     with pytest.raises(ValueError, match="top_k"):
         SamplingSettings(top_k=0)
+    with pytest.raises(ValueError, match="min_new_tokens"):
+        SamplingSettings(max_new_tokens=4, min_new_tokens=5)
+    # A shorter max_new_tokens (validation, eval) lowers the recipe's minimum with it.
+    fixed = build(RecipeConfig, {"generation": {"sampling": {"max_new_tokens": 16, "min_new_tokens": 16}}})
+    assert sampling_from_config(fixed.generation.sampling).min_new_tokens == 16
+    assert sampling_from_config(fixed.generation.sampling, max_new_tokens=8).min_new_tokens == 8
 
 
 def test_generation_config_rejects_inconsistent_settings():
@@ -93,6 +99,10 @@ def test_generation_config_rejects_inconsistent_settings():
         build(RecipeConfig, {"generation": {"colocated": False, "refit": {"transport": "cuda_ipc"}}})
     with pytest.raises(ConfigError, match="generation.num_engines"):
         build(RecipeConfig, {"generation": {"backend": "megatron", "num_engines": 2}})
+    with pytest.raises(ConfigError, match="generation.sampling.min_new_tokens"):
+        build(RecipeConfig, {"generation": {"sampling": {"max_new_tokens": 8, "min_new_tokens": 9}}})
+    with pytest.raises(ConfigError, match="sampling.min_new_tokens: the megatron backend"):
+        build(RecipeConfig, {"generation": {"backend": "megatron", "sampling": {"min_new_tokens": 4}}})
 
 
 def test_check_grouped_detects_disorder():

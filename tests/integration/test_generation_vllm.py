@@ -110,6 +110,26 @@ def test_n_rollouts_grouped_and_logprobs_follow_temperature(tiny_model, backend)
     assert mismatch_against(model, rollouts, temperature=0.7)["max"] < 1e-3
 
 
+def test_min_new_tokens_holds_back_stop_tokens_until_reached(tiny_model, backend):
+    _, model = tiny_model
+    prompt = PROMPTS[0]
+    stop_id = reference_greedy(model, prompt, 2)[1]  # greedy's second token: stop there
+    early = backend.generate([prompt], SamplingSettings(temperature=0.0, max_new_tokens=6, stop_token_ids=(stop_id,)))
+    assert len(early[0].token_ids) == 2 and early[0].token_ids[-1] == stop_id and early[0].finish_reason == "stop"
+
+    held = backend.generate([prompt], SamplingSettings(temperature=0.0, max_new_tokens=6, min_new_tokens=6,
+                                                       stop_token_ids=(stop_id,)))[0]
+    # Independent reference: argmax with the stop id and EOS masked while fewer than 6 tokens exist.
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(6):
+            logits = model(torch.tensor([ids])).logits[0, -1].clone()
+            logits[[stop_id, EOS]] = float("-inf")
+            ids.append(int(logits.argmax()))
+    assert held.token_ids == ids[len(prompt):]
+    assert stop_id not in held.token_ids and held.finish_reason == "length"
+
+
 def test_seeded_sampling_is_reproducible(backend):
     sampling = SamplingSettings(n=2, temperature=1.0, top_p=0.9, top_k=50, max_new_tokens=8, seed=5)
     first = backend.generate(PROMPTS, sampling)
