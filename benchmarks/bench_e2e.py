@@ -5,10 +5,17 @@
 
 The configuration (both sides): a randomly initialized Llama with hidden 256, 4 layers,
 4 heads of 64 (ffn 688, about 3.2M parameters), the synthetic task's character-level
-tokenizer, 8 prompts x 8 rollouts per step, at most 16 new tokens, temperature 1, the
-synthetic task's three rewards (correct, format, length), GDPO's per-reward
+tokenizer, 8 prompts x 8 rollouts per step, exactly 16 new tokens (EOS held back until then:
+gdpo's `generation.sampling.min_new_tokens`, TRL's `generation_kwargs={"min_new_tokens": 16}`),
+temperature 1, the synthetic task's three rewards (correct, format, length), GDPO's per-reward
 normalization (TRL: `multi_objective_aggregation="normalize_then_sum"`), one optimizer
 update per step, fp32, 2 threads.
+
+Why fixed-length completions: both policies learn, and they learn at different speeds (a
+different initialization and loss). With EOS free, TRL's completions fell from 15 to 3 tokens
+within 12 steps while gdpo's stayed near 10, so TRL's steps generated and trained on a fraction
+of the tokens. Each side reports its mean completion length, and a round whose sides differ by
+more than LENGTH_WARN is flagged.
 
 * gdpo: `gdpo train recipes/tiny/synthetic-gdpo-1n2c.yaml` with the overrides below (real
   Ray, vLLM CPU engine, megatron-core on gloo; the model is built from scratch by a
@@ -65,11 +72,14 @@ GDPO_OVERRIDES = [
     f"trainer.prompts_per_step={PROMPTS}",
     f"trainer.rollouts_per_prompt={ROLLOUTS}",
     f"generation.sampling.max_new_tokens={NEW_TOKENS}",
+    f"generation.sampling.min_new_tokens={NEW_TOKENS}",
     "trainer.validation.every_steps=0",
     "trainer.checkpoint.every_steps=0",
 ]
 STEAL_WARN = 0.05  # share of CPU time stolen by the VM host above which a round is flagged
 SPEED_WARN = 0.15  # relative spread of a round's probes (matmul or copy) above which it is flagged
+COMPLETION = "completion_tokens"  # mean tokens per completion in a step: the work a step does depends on it
+LENGTH_WARN = 0.15  # relative difference of the two sides' median completion length above which a round is flagged
 PHASES = ("generation", "rewards", "advantage", "logprobs", "policy_update", "refit")
 
 
@@ -132,8 +142,12 @@ def speed_spread(speeds: list[float]) -> float:
     return (max(speeds) - min(speeds)) / max(speeds) if len(speeds) > 1 else 0.0
 
 
-def unfair_reasons(results: dict[str, dict]) -> list[str]:
-    """Why one round's ratio is not a fair comparison (empty: nothing seen), from each side's steal and probes."""
+def unfair_reasons(results: dict[str, dict], skip: int = 0) -> list[str]:
+    """Why one round's ratio is not a fair comparison (empty: nothing seen).
+
+    From each side's steal and probes, and from the work its steps did: both policies learn, and
+    the one whose completions got shorter generates and trains on fewer tokens per step.
+    """
     reasons = []
     disturbed = [name for name, result in results.items() if (result.get("steal") or 0.0) > STEAL_WARN]
     if disturbed:
@@ -143,6 +157,13 @@ def unfair_reasons(results: dict[str, dict]) -> list[str]:
         spread = speed_spread([probe[kind] for result in results.values() for probe in result.get("speed", [])])
         if spread > SPEED_WARN:
             reasons.append(f"the machine's {label} speed varied by {100 * spread:.0f}% (probes above)")
+    lengths = {name: median_after([s[COMPLETION] for s in result.get("steps", []) if COMPLETION in s], skip)
+               for name, result in results.items() if any(COMPLETION in s for s in result.get("steps", []))}
+    if len(lengths) > 1:
+        spread = speed_spread(list(lengths.values()))
+        if spread > LENGTH_WARN:
+            reasons.append("the sides' completions differ by {:.0f}% in length ({}): their steps did unequal work"
+                           .format(100 * spread, ", ".join(f"{name} {n:.1f} tokens" for name, n in lengths.items())))
     return reasons
 
 
@@ -163,7 +184,8 @@ def run_gdpo(steps: int, threads: int, workdir: Path) -> dict:
         raise SystemExit(f"gdpo train failed with exit code {done.returncode}")
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     records = [r for r in records if "time/step" in r]
-    return {"wall_s": wall, "steps": [{key: value for key, value in r.items() if key.startswith("time/")} for r in records]}
+    return {"wall_s": wall, "steps": [{**{key: value for key, value in r.items() if key.startswith("time/")},
+                                       COMPLETION: r["response_len/mean"]} for r in records]}
 
 
 # ----------------------------------------------------------------------------- TRL side
@@ -238,6 +260,7 @@ def trl_worker(out: Path, steps: int, threads: int, workdir: Path) -> None:
         return score
 
     times: list[float] = []
+    lengths: list[float] = []  # mean completion tokens per step (logging_steps=1: one log per step)
 
     class StepTimer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
@@ -246,10 +269,15 @@ def trl_worker(out: Path, steps: int, threads: int, workdir: Path) -> None:
         def on_step_end(self, args, state, control, **kwargs):
             times.append(time.perf_counter() - self.start)
 
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "completions/mean_length" in logs:
+                lengths.append(logs["completions/mean_length"])
+
     args = GRPOConfig(output_dir=str(workdir / "trl-run"), max_steps=steps, learning_rate=LR,
                       per_device_train_batch_size=PROMPTS * ROLLOUTS, num_generations=ROLLOUTS,
                       max_completion_length=NEW_TOKENS, temperature=1.0, use_cpu=True, bf16=False,
                       multi_objective_aggregation="normalize_then_sum", reward_weights=list(WEIGHTS),
+                      generation_kwargs={"min_new_tokens": NEW_TOKENS},
                       logging_steps=1, report_to="none", save_strategy="no", seed=SEED,
                       dataloader_num_workers=0)
     trainer = GRPOTrainer(model=model, args=args, processing_class=tokenizer, train_dataset=dataset,
@@ -258,7 +286,10 @@ def trl_worker(out: Path, steps: int, threads: int, workdir: Path) -> None:
     trainer.train()
     import trl
 
-    out.write_text(json.dumps({"steps": [{"time/step": t} for t in times], "trl": trl.__version__,
+    if len(lengths) != len(times):
+        raise SystemExit(f"TRL logged completion lengths for {len(lengths)} of {len(times)} steps")
+    out.write_text(json.dumps({"steps": [{"time/step": t, COMPLETION: n} for t, n in zip(times, lengths)],
+                               "trl": trl.__version__,
                                "torch": torch.__version__,
                                "parameters": sum(p.numel() for p in model.parameters())}))
 
@@ -285,6 +316,11 @@ def _report_round(results: dict[str, dict], skip: int, threads: int, skip_from: 
             values = [s[key] for s in results.get(name, {}).get("steps", []) if key in s]
             cells.append(f"{median_after(values, skip):>9.3f}" if values else f"{'-':>9}")
         print(f"{key:>16} {cells[0]} {cells[1]}")
+    cells = []
+    for name in ("gdpo", "trl"):
+        values = [s[COMPLETION] for s in results.get(name, {}).get("steps", []) if COMPLETION in s]
+        cells.append(f"{median_after(values, skip):>9.1f}" if values else f"{'-':>9}")
+    print(f"{'tokens/completion':>16} {cells[0]} {cells[1]}")
     for name, result in results.items():
         steps_s = [s["time/step"] for s in result["steps"]]
         steal = result.get("steal")
@@ -350,7 +386,7 @@ def main() -> int:
             ratios.append(trl_step / gdpo_step)
             print(f"rollouts/s: gdpo {rollouts / gdpo_step:.1f}, TRL {rollouts / trl_step:.1f}; "
                   f"TRL s/step / gdpo s/step = {ratios[-1]:.2f}x (above 1: gdpo is faster)")
-            for reason in unfair_reasons(results):
+            for reason in unfair_reasons(results, skip):
                 print(f"WARNING: {reason}; this round's ratio is not a fair comparison")
     if len(ratios) > 1:
         print(f"\nratio per round: {', '.join(f'{r:.2f}x' for r in ratios)}; median {statistics.median(ratios):.2f}x")

@@ -63,3 +63,21 @@ def test_a_round_is_flagged_by_steal_or_by_either_probe_and_not_otherwise():
     slow_copy = {**fair, "gdpo": {"steal": 0.0, "speed": [quiet, {"gflops": 150.0, "gbps": 20.0}]}}
     # matmul 150 vs 160 is within 15%; copy 20 vs 40 is 50% apart
     assert bench.unfair_reasons(slow_copy) == ["the machine's copy speed varied by 50% (probes above)"]
+
+
+def test_a_round_whose_completions_differ_in_length_is_flagged():
+    bench = _bench()
+
+    def side(lengths):
+        return {"steal": 0.0, "steps": [{"time/step": 0.5, bench.COMPLETION: n} for n in lengths]}
+
+    # Medians after the first (warm-up) step: 16 and 14 differ by 12.5%, 16 and 3 by 81%.
+    close = {"gdpo": side([9.0, 16.0, 16.0, 16.0]), "trl": side([15.0, 14.0, 14.0, 14.0])}
+    assert bench.unfair_reasons(close, skip=1) == []
+    apart = {"gdpo": side([9.0, 16.0, 16.0, 16.0]), "trl": side([15.0, 3.0, 3.0, 3.0])}
+    assert bench.unfair_reasons(apart, skip=1) == [
+        "the sides' completions differ by 81% in length (gdpo 16.0 tokens, trl 3.0 tokens): their steps did "
+        "unequal work"]
+    # The warm-up step is left out: with it, gdpo's median would be 16 and trl's 8.5.
+    assert bench.unfair_reasons({"gdpo": side([16.0, 16.0]), "trl": side([16.0, 3.0])}, skip=0) != []
+    assert bench.unfair_reasons({"gdpo": side([16.0, 16.0]), "trl": side([3.0, 16.0])}, skip=1) == []
