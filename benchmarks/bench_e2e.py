@@ -306,7 +306,7 @@ def round_order(rounds: int, only: str | None) -> list[str]:
 
 
 def _report_round(results: dict[str, dict], skip: int, threads: int, skip_from: int, steps: int) -> None:
-    print(f"\none RL step, {PROMPTS} prompts x {ROLLOUTS} rollouts, <= {NEW_TOKENS} new tokens, random "
+    print(f"\none RL step, {PROMPTS} prompts x {ROLLOUTS} rollouts, {NEW_TOKENS} new tokens, random "
           f"Llama h{MODEL['hidden_size']} x{MODEL['num_layers']} layers, {threads} threads; "
           f"median of steps {skip_from}..{steps}")
     print(f"{'phase':>16} {'gdpo_s':>9} {'trl_s':>9}")
