@@ -1,7 +1,7 @@
 """One RL step end to end: `gdpo train` against TRL's GRPOTrainer on the same CPU, same run.
 
     python benchmarks/bench_e2e.py [--steps 12] [--skip-from 2] [--threads 2] [--rounds 1]
-                                   [--trl-version 1.16.0] [--only gdpo|trl]
+                                   [--trl-version 1.16.0] [--only gdpo|trl] [--overlap]
 
 The configuration (both sides): a randomly initialized Llama with hidden 256, 4 layers,
 4 heads of 64 (ffn 688, about 3.2M parameters), the synthetic task's character-level
@@ -80,7 +80,7 @@ STEAL_WARN = 0.05  # share of CPU time stolen by the VM host above which a round
 SPEED_WARN = 0.15  # relative spread of a round's probes (matmul or copy) above which it is flagged
 COMPLETION = "completion_tokens"  # mean tokens per completion in a step: the work a step does depends on it
 LENGTH_WARN = 0.15  # relative difference of the two sides' median completion length above which a round is flagged
-PHASES = ("generation", "rewards", "advantage", "logprobs", "policy_update", "refit")
+PHASES = ("generation", "rewards", "advantage", "logprobs", "policy_update", "rollout_wait", "refit")
 
 
 def median_after(values: list[float], skip: int) -> float:
@@ -169,12 +169,13 @@ def unfair_reasons(results: dict[str, dict], skip: int = 0) -> list[str]:
 
 # ----------------------------------------------------------------------------- gdpo side
 
-def run_gdpo(steps: int, threads: int, workdir: Path) -> dict:
+def run_gdpo(steps: int, threads: int, workdir: Path, overlap: bool = False) -> dict:
     run_dir = workdir / "gdpo-run"
     gdpo = Path(sys.executable).with_name("gdpo")
     command = [str(gdpo) if gdpo.exists() else sys.executable, *([] if gdpo.exists() else ["-m", "gdpo_megatron.cli"]),
                "train", str(REPO / "recipes/tiny/synthetic-gdpo-1n2c.yaml"), *GDPO_OVERRIDES,
-               f"trainer.max_steps={steps}", f"trainer.run_dir={run_dir}", "trainer.resume=false"]
+               f"trainer.max_steps={steps}", f"trainer.run_dir={run_dir}", "trainer.resume=false",
+               f"trainer.overlap_generation={str(overlap).lower()}"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     start = time.perf_counter()
     done = subprocess.run(command, env=env, cwd=workdir, capture_output=True, text=True)
@@ -305,10 +306,12 @@ def round_order(rounds: int, only: str | None) -> list[str]:
     return order
 
 
-def _report_round(results: dict[str, dict], skip: int, threads: int, skip_from: int, steps: int) -> None:
+def _report_round(results: dict[str, dict], skip: int, threads: int, skip_from: int, steps: int,
+                  overlap: bool) -> None:
     print(f"\none RL step, {PROMPTS} prompts x {ROLLOUTS} rollouts, {NEW_TOKENS} new tokens, random "
           f"Llama h{MODEL['hidden_size']} x{MODEL['num_layers']} layers, {threads} threads; "
-          f"median of steps {skip_from}..{steps}")
+          f"median of steps {skip_from}..{steps}"
+          + ("; gdpo with trainer.overlap_generation (one step off-policy), TRL on-policy" if overlap else ""))
     print(f"{'phase':>16} {'gdpo_s':>9} {'trl_s':>9}")
     for key in [f"time/{p}" for p in PHASES] + ["time/step"]:
         cells = []
@@ -346,6 +349,8 @@ def main() -> int:
                         help="measure each side this many times, in the order gdpo, trl, trl, gdpo, ...")
     parser.add_argument("--trl-version", default="1.16.0")
     parser.add_argument("--only", choices=("gdpo", "trl"))
+    parser.add_argument("--overlap", action="store_true",
+                        help="gdpo with trainer.overlap_generation (one step off-policy; TRL stays on-policy)")
     parser.add_argument("--trl-worker", type=Path, help=argparse.SUPPRESS)
     args, _ = parser.parse_known_args()  # run_all.py passes its extra arguments to every benchmark
     if args.trl_worker is not None:
@@ -361,7 +366,8 @@ def main() -> int:
             seen[name] += 1
             print(f"[bench_e2e] round {index + 1}/{args.rounds}: running {name} for {args.steps} steps ...",
                   flush=True)
-            runner = run_gdpo if name == "gdpo" else (lambda s, t, w: run_trl(args.trl_version, s, t, w))
+            runner = ((lambda s, t, w: run_gdpo(s, t, w, args.overlap)) if name == "gdpo"
+                      else (lambda s, t, w: run_trl(args.trl_version, s, t, w)))
             workdir = Path(tmp) / f"{name}-{index}"
             workdir.mkdir()
             try:
@@ -378,7 +384,7 @@ def main() -> int:
             continue
         if args.rounds > 1:
             print(f"\n=== round {index + 1} of {args.rounds}")
-        _report_round(results, skip, args.threads, args.skip_from, args.steps)
+        _report_round(results, skip, args.threads, args.skip_from, args.steps, args.overlap)
         if len(results) == 2:
             gdpo_step = median_after([s["time/step"] for s in results["gdpo"]["steps"]], skip)
             trl_step = median_after([s["time/step"] for s in results["trl"]["steps"]], skip)

@@ -10,12 +10,17 @@ One step:
   engines wake their KV cache] -> log, checkpoint.
 The driver moves prompts, token ids and reward rows; per-token tensors of the whole
 batch never exist here.
+
+With trainer.overlap_generation the next step's rollouts are generated and scored (in a
+driver thread) while this step's policy update runs, from the weights before that update;
+the refit waits for them, so each step trains on rollouts one update old.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
+from concurrent.futures import Future, ThreadPoolExecutor
 import signal
 import time
 from dataclasses import dataclass, field
@@ -60,6 +65,17 @@ class StepBatch:
                 setattr(out, f.name, [values[i] for i in keep])
         out.rewards = self.rewards[keep]
         return out
+
+
+@dataclass
+class CollectedRollouts:
+    """One step's scored rollouts, what collecting them reported, and the sampler before they were drawn."""
+
+    batch: StepBatch
+    reports: list[dict[str, float]]  # per sampling round: times, reward counters (merged by the step)
+    seconds: float  # generation + rewards + resampling, wall
+    sampler_state: dict  # a checkpoint taken before this batch is trained resumes from here and redraws it
+    epoch: int  # the sampler's epoch before the draw
 
 
 def step_seed(run_seed: int, step: int, round_: int = 0) -> int:
@@ -117,6 +133,9 @@ class Trainer:
         self.rewarder = None
         self.placement = None
         self.worker_nodes: dict[str, str] = {}  # actor name -> node address, for failure messages
+        self._overlap: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
+        self._prefetched: CollectedRollouts | None = None
 
     # ---------------------------------------------------------------- set-up
     def _initial_model(self) -> str:
@@ -292,7 +311,8 @@ class Trainer:
         return metrics
 
     # ---------------------------------------------------------------- one step
-    def _generate(self, records: list[dict], step: int, round_: int, group_offset: int) -> StepBatch:
+    def _generate(self, records: list[dict], step: int, round_: int, group_offset: int,
+                  reports: list[dict[str, float]]) -> StepBatch:
         import ray
 
         from gdpo_megatron.data import render_prompt
@@ -301,7 +321,7 @@ class Trainer:
                    for r in records]
         start = time.perf_counter()
         rollouts = self._generate_rollouts(prompts, step_seed(self.recipe.seed, step, round_))
-        self._round_reports.append({"time/generation": time.perf_counter() - start})
+        reports.append({"time/generation": time.perf_counter() - start})
         batch = StepBatch()
         for rollout in rollouts:
             batch.records.append(records[rollout.prompt_index])
@@ -314,19 +334,27 @@ class Trainer:
         start = time.perf_counter()
         values, metrics = ray.get(self.rewarder.score.remote(
             batch.records, batch.texts, [len(r) for r in batch.response_ids]))
-        self._round_reports.append({"time/rewards": time.perf_counter() - start})
+        reports.append({"time/rewards": time.perf_counter() - start})
         check(metrics, {REWARDS})
-        self._round_reports.append(metrics)
+        reports.append(metrics)
         batch.rewards = values
         return batch
 
-    def _collect(self, step: int) -> StepBatch:
+    def _collect_rollouts(self, step: int) -> CollectedRollouts:
+        """Draw, generate and score step `step`'s rollouts (in the driver thread or the overlap thread)."""
+        state, epoch = self.sampler.state_dict(), self.sampler.epoch
+        reports: list[dict[str, float]] = []
+        start = time.perf_counter()
+        batch = self._collect(step, reports)
+        return CollectedRollouts(batch, reports, time.perf_counter() - start, state, epoch)
+
+    def _collect(self, step: int, reports: list[dict[str, float]]) -> StepBatch:
         """Generate and score one step's rollouts; with dynamic sampling, refill dropped groups."""
         from gdpo_megatron.algorithms.advantages import apply_reward_conditions
 
         cfg = self.recipe.trainer
         wanted = cfg.prompts_per_step
-        batch = self._generate(self.sampler.next_batch(), step, 0, 0)
+        batch = self._generate(self.sampler.next_batch(), step, 0, 0, reports)
         if not cfg.dynamic_sampling.enabled:
             return batch
         kept, dropped, groups_seen = StepBatch(), 0, wanted
@@ -345,9 +373,9 @@ class Trainer:
             round_ += 1
             if have >= wanted or round_ > cfg.dynamic_sampling.max_resample_rounds:
                 break
-            batch = self._generate(self.sampler.next_batch(), step, round_, groups_seen)
+            batch = self._generate(self.sampler.next_batch(), step, round_, groups_seen, reports)
             groups_seen += wanted
-        self._round_reports.append({"dynamic_sampling/dropped_groups": float(dropped),
+        reports.append({"dynamic_sampling/dropped_groups": float(dropped),
                                     "dynamic_sampling/rounds": float(round_)})
         if not kept.response_ids:
             return batch  # nothing informative at all: train on the last batch (zero advantages)
@@ -421,7 +449,7 @@ class Trainer:
 
         def write(path: Path) -> None:
             ray.get([w.save_checkpoint.remote(str(path / "policy")) for w in self.workers])
-            state = RunState(step=step, config_hash=self.config_hash, sampler_state=self.sampler.state_dict(),
+            state = RunState(step=step, config_hash=self.config_hash, sampler_state=self._sampler_resume_state(),
                              consecutive_nan_skips=self.nan_skips_in_a_row, step_record=make_record(step, metrics))
             if self.difficulty is not None:
                 state.extra["group_filter_difficulty"] = self.difficulty.state_dict()
@@ -490,7 +518,10 @@ class Trainer:
             from gdpo_megatron.algorithms.group_filter import DifficultyTracker
 
             self.difficulty = DifficultyTracker(adaptive.window)
-        self._round_reports: list[dict[str, float]] = []
+        # trainer.overlap_generation: one thread collects the next step's rollouts during the update.
+        self._overlap = ThreadPoolExecutor(1, thread_name_prefix="rollouts") if cfg.overlap_generation else None
+        self._pending: Future | None = None  # the next step's collection, in flight
+        self._prefetched: CollectedRollouts | None = None  # ... finished, not yet trained on
         from gdpo_megatron.generation.mismatch import MismatchCheck
 
         self.mismatch_check = MismatchCheck.from_config(self.recipe.generation.mismatch_check)
@@ -537,6 +568,7 @@ class Trainer:
                                  f"rerun the same command to resume")
                         return INTERRUPTED_EXIT_CODE
             finally:
+                self._finish_overlap()
                 metrics_log.close()
             ray.get([w.save_hf.remote(str(self.run_dir.root / "final_model")) for w in self.workers])
         self.log(f"[done] {step} steps; metrics in {self.run_dir.metrics}; "
@@ -547,34 +579,61 @@ class Trainer:
         from gdpo_megatron.metrics import rss_gb
 
         start = time.perf_counter()
-        self._round_reports = []
-        batch = self._collect(step)
-        rollout_seconds = time.perf_counter() - start  # generation + rewards (+ resampling)
-        rounds = merge(self._round_reports, {REWARDS, TRAINER})  # counters and times add up over rounds
+        rollouts, self._prefetched = self._prefetched or self._collect_rollouts(step), None
+        batch = rollouts.batch
+        rounds = merge(rollouts.reports, {REWARDS, TRAINER})  # counters and times add up over rounds
         metrics = reward_metrics(batch.rewards, self.recipe.algorithm.rewards)
         metrics.update(response_length_metrics(batch, self.recipe.generation.sampling.max_new_tokens))
+        metrics["data/epoch"] = float(self.sampler.epoch)  # before the next step's prompts are drawn
         batch = self._filter_groups(batch, metrics)  # GFPO: the metrics above saw every rollout
         if self.colocated:
             metrics["time/engine_sleep"] = self._sleep_engines()
+        if self._overlap is not None and step + 1 < self.recipe.trainer.max_steps:
+            # The engines still hold the weights this step's update starts from.
+            self._pending = self._overlap.submit(self._collect_rollouts, step + 1)
         train_start = time.perf_counter()
         trained = self._train(batch)
         train_seconds = time.perf_counter() - train_start
+        if self._overlap is not None:
+            wait_start = time.perf_counter()
+            if self._pending is not None:
+                # The refit must not change the weights under a generation; a failed collection raises here.
+                self._pending, self._prefetched = None, self._pending.result()
+            metrics["time/rollout_wait"] = time.perf_counter() - wait_start
         refit = self._refit_engines()
         step_seconds = time.perf_counter() - start
         tokens = sum(len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids))
         metrics.update({
-            "time/rollout": rollout_seconds, "time/train": train_seconds, "time/step": step_seconds,
+            "time/rollout": rollouts.seconds, "time/train": train_seconds, "time/step": step_seconds,
             "throughput/tokens_per_s": tokens / step_seconds, "samples": float(len(batch.response_ids)),
-            "memory/driver_rss_gb": rss_gb(), "data/epoch": float(self.sampler.epoch),
+            "memory/driver_rss_gb": rss_gb(),
         })
         check(metrics, {TRAINER})
         check(refit, {TRAINER})
         return disjoint_union(metrics, rounds, trained, refit)
 
     def _epochs_done(self) -> bool:
-        """`trainer.max_epochs` full passes over the training prompts have been sampled."""
+        """`trainer.max_epochs` full passes over the training prompts have been trained on."""
         max_epochs = self.recipe.trainer.max_epochs
-        return bool(max_epochs) and self.sampler.epoch >= max_epochs
+        epoch = self._prefetched.epoch if self._prefetched is not None else self.sampler.epoch
+        return bool(max_epochs) and epoch >= max_epochs
+
+    def _sampler_resume_state(self) -> dict:
+        """The sampler as a checkpoint keeps it: before any rollouts drawn but not yet trained on.
+
+        A run resumed from it draws those prompts again with the same seeds, from the checkpoint's
+        weights (with trainer.overlap_generation the lost batch came from the weights one update older).
+        """
+        return self._prefetched.sampler_state if self._prefetched is not None else self.sampler.state_dict()
+
+    def _finish_overlap(self) -> None:
+        """Let an in-flight collection end before the workers go (a run stopped by an error or at max_epochs)."""
+        if self._overlap is None:
+            return
+        if self._pending is not None:
+            self._pending.exception()  # waits; its error, if any, is not the one being raised
+            self._pending = None
+        self._overlap.shutdown(wait=True)
 
     def _too_many_nan_skips(self, metrics: dict[str, float]) -> bool:
         if metrics.get("train/skipped", 0.0) > 0:

@@ -39,6 +39,12 @@ class RecipeConfig(Section):
         gen = self.generation
         if gen.refit.transport == "collective" and gen.colocated and not self.cluster.is_cpu:
             raise ConfigError(f"generation.refit.transport: {COLOCATED_COLLECTIVE}")
+        if self.trainer.overlap_generation and gen.backend != "vllm":
+            raise ConfigError("trainer.overlap_generation: the megatron backend generates inside the policy workers, "
+                              "which cannot train at the same time; use generation.backend vllm")
+        if self.trainer.overlap_generation and gen.colocated:
+            raise ConfigError("trainer.overlap_generation: colocated engines sleep while the policy trains; set "
+                              "generation.colocated false (engines on their own devices) to overlap them")
         group_filter = self.algorithm.group_filter
         sampled = self.trainer.rollouts_per_prompt
         if group_filter.enabled:

@@ -66,6 +66,10 @@ class TrainerConfig(Section):
     ppo_epochs: int = option(1, ge=1, doc="passes over the step's rollouts")
     validation: ValidationConfig = option(default_factory=ValidationConfig, doc="held-out validation")
     dynamic_sampling: DynamicSamplingConfig = option(default_factory=DynamicSamplingConfig, doc="zero-variance group filtering")
+    overlap_generation: bool = option(
+        False, doc="generate the next step's rollouts while this step trains: one step off-policy (the rollouts "
+                   "come from the weights before the update they feed); needs generation.colocated false and "
+                   "the vllm backend")
     overlong_filtering: bool = option(
         False, doc="exclude responses cut at max_new_tokens from the loss (they still count in reward metrics)")
     max_consecutive_nan_skips: int = option(

@@ -60,6 +60,7 @@ CONDITIONS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "gpg": ("algorithm.estimator gpg", lambda r: r.algorithm.estimator == "gpg"),
     "colocated": ("generation.colocated with the vllm backend",
                   lambda r: r.generation.colocated and r.generation.backend == "vllm"),
+    "overlap_generation": ("trainer.overlap_generation", lambda r: r.trainer.overlap_generation),
     "group_filter": ("algorithm.group_filter.metric set (GFPO)", lambda r: r.algorithm.group_filter.enabled),
     "group_filter_adaptive": ("algorithm.group_filter.adaptive set",
                               lambda r: r.algorithm.group_filter.adaptive is not None),
@@ -182,7 +183,8 @@ KEYS: tuple[Key, ...] = (
     # time and throughput
     Key("time/generation", TRAINER, SUM, "seconds in the engine's generate calls, over all sampling rounds"),
     Key("time/rewards", TRAINER, SUM, "seconds the driver waited for rewards (time/reward_scoring + transfer), over all rounds"),
-    Key("time/rollout", TRAINER, SUM, "generation + rewards + resampling"),
+    Key("time/rollout", TRAINER, SUM, "generation + rewards + resampling (with overlap_generation: of this step's rollouts, made during the previous step)"),
+    Key("time/rollout_wait", TRAINER, SUM, "seconds the step waited, after its update, for the next step's rollouts to finish", when="overlap_generation"),
     Key("time/train", TRAINER, SUM, "seconds of the policy ranks' train call (advantage, logprobs, updates)"),
     Key("time/refit", TRAINER, SUM, "seconds of the weight refit"),
     Key("time/engine_sleep", TRAINER, SUM, "seconds putting the colocated engines to sleep before training", when="colocated"),

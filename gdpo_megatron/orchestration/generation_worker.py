@@ -18,18 +18,25 @@ from gdpo_megatron.orchestration.refit import RefitReceiver
 
 class GenerationWorker(RefitReceiver):  # RefitReceiver: collective / CUDA IPC receivers
     def __init__(self, recipe_data: dict, model_path: str, vllm_env: dict | None = None) -> None:
+        from gdpo_megatron.config.recipe import RecipeConfig
+        from gdpo_megatron.config.schema import build
+
+        self.recipe = build(RecipeConfig, recipe_data)
+        if self.recipe.trainer.overlap_generation and not torch.cuda.is_available():
+            # A CPU engine that generates while the policy trains shares the policy's cores: one
+            # intra-op thread. CPU decoding of the small models a CPU host runs is bound by per-token
+            # overhead more than by matmuls (bench_e2e: 0.15 s at one thread, 0.12 s at two), and
+            # two thread pools on the same cores slow both phases down (generation: 0.68 s).
+            os.environ["OMP_NUM_THREADS"] = "1"  # also read by the engine's own process
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
         # vLLM logs several INFO lines per refit and warns that RoPE buffers are not in the
         # weight stream (they are computed, not loaded); both drown the progress line.
         # Export VLLM_LOGGING_LEVEL=INFO to see everything.
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
         os.environ.update(vllm_env or {})
-        from gdpo_megatron.config.recipe import RecipeConfig
-        from gdpo_megatron.config.schema import build
         from gdpo_megatron.generation import create_backend
         from gdpo_megatron.orchestration.devices import current_placement
 
-        self.recipe = build(RecipeConfig, recipe_data)
         self.placement = current_placement()
         self.backend = create_backend(self.recipe, model_path, num_engines=1)
 

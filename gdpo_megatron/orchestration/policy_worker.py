@@ -21,7 +21,8 @@ def cpu_threads(world_size: int, nodes: int) -> int:
     """Intra-op threads of one policy rank on a CPU host: OMP_NUM_THREADS shared by its node's policy ranks.
 
     Generation and training take turns within a step, so while the policy updates, its ranks
-    have the node's threads to themselves. Ray sets OMP_NUM_THREADS to the actor's CPU count
+    have the node's threads to themselves (with trainer.overlap_generation a CPU engine keeps one
+    thread beside them, see GenerationWorker). Ray sets OMP_NUM_THREADS to the actor's CPU count
     (1) unless the user exported it.
     """
     per_node = -(-world_size // max(1, nodes))

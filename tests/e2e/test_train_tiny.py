@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -204,3 +205,41 @@ def test_adaptive_gfpo_trains_on_retained_only_and_resumes_its_statistics(repo_r
     assert "[resume] from step 1" in proc.stdout
     assert "[resume] step 1's metrics record restored from its checkpoint" in proc.stdout
     assert [comparable(r) for r in read_metrics(cut_dir)] == [comparable(r) for r in full]
+
+
+OVERLAP = ("trainer.overlap_generation=true", "trainer.max_steps=3", "trainer.checkpoint.keep_last=3")
+
+
+def test_overlap_generation_trains_one_update_behind_and_resumes_the_batch_in_flight(repo_root, tmp_path,
+                                                                                     initial_model):
+    in_step_dir, overlap_dir = tmp_path / "in-step", tmp_path / "overlap"
+    proc = run_train(repo_root, in_step_dir, initial_model, "trainer.max_steps=3")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    in_step = read_metrics(in_step_dir)
+    proc = run_train(repo_root, overlap_dir, initial_model, *OVERLAP)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    overlap = read_metrics(overlap_dir)
+    written_keys_are_the_documented_ones(repo_root, overlap, overlap_dir, initial_model, *OVERLAP)
+    assert [r["step"] for r in overlap] == [1, 2, 3]
+    # Step 1 is collected before any update, from the same weights and seed: the same step.
+    assert comparable(overlap[0]) == comparable(in_step[0])
+    # Steps 2 and 3 train on rollouts sampled before the previous update: the engines' logprobs
+    # are one update old (~1e-2 apart; in step: fp32 round-off, < 1e-4).
+    assert overlap[0]["mismatch/max"] < 1e-4
+    assert all(r["mismatch/max"] > 1e-3 for r in overlap[1:]), [r["mismatch/max"] for r in overlap]
+    assert all(r["mismatch/max"] < 1e-4 for r in in_step)
+    assert all(r["time/rollout_wait"] >= 0 and r["train/updates"] == 1 for r in overlap)
+
+    # Resume from step 1's checkpoint, taken while step 2's rollouts were held, not yet trained on:
+    # the run draws step 2's prompts again, now from the checkpoint's weights, so its step 2 is
+    # the in-step run's step 2.
+    for later in ("step-2", "step-3"):
+        shutil.rmtree(overlap_dir / "checkpoints" / later)
+    lines = (overlap_dir / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (overlap_dir / "metrics.jsonl").write_text(lines[0])
+    proc = run_train(repo_root, overlap_dir, initial_model, "trainer.overlap_generation=true", "trainer.max_steps=2",
+                     "trainer.checkpoint.keep_last=3")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "[resume] from step 1" in proc.stdout
+    resumed = read_metrics(overlap_dir)
+    assert comparable(resumed[1]) == comparable(in_step[1])

@@ -185,3 +185,15 @@ def test_schema_keys_absent_from_the_recipe_can_be_overridden_without_plus(recip
     with pytest.raises(ConfigError, match=r'no key `policy.precison` in the recipe or its schema \(did you mean "precision"\?\)'):
         load_recipe(recipes / "child.yaml", ["policy.precison.dtype=bf16"])
 
+
+
+def test_overlap_generation_needs_engines_of_their_own():
+    from gdpo_megatron.config.recipe import RecipeConfig
+    from gdpo_megatron.config.schema import build
+
+    assert build(RecipeConfig, {"trainer": {"overlap_generation": True}, "generation": {"colocated": False}})
+    with pytest.raises(ConfigError, match="trainer.overlap_generation: colocated engines sleep"):
+        build(RecipeConfig, {"trainer": {"overlap_generation": True}, "generation": {"colocated": True}})
+    with pytest.raises(ConfigError, match="trainer.overlap_generation: the megatron backend"):
+        build(RecipeConfig, {"trainer": {"overlap_generation": True},
+                             "generation": {"backend": "megatron", "colocated": False}})
