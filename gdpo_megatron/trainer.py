@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from concurrent.futures import Future, ThreadPoolExecutor
 import signal
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,9 +133,9 @@ class Trainer:
         self.rewarder = None
         self.placement = None
         self.worker_nodes: dict[str, str] = {}  # actor name -> node address, for failure messages
-        self._overlap: ThreadPoolExecutor | None = None
-        self._pending: Future | None = None
-        self._prefetched: CollectedRollouts | None = None
+        self._overlap: ThreadPoolExecutor | None = None  # trainer.overlap_generation's collector thread
+        self._pending: Future | None = None  # the next step's collection, in flight
+        self._prefetched: CollectedRollouts | None = None  # ... finished, not yet trained on
 
     # ---------------------------------------------------------------- set-up
     def _initial_model(self) -> str:
@@ -375,8 +375,7 @@ class Trainer:
                 break
             batch = self._generate(self.sampler.next_batch(), step, round_, groups_seen, reports)
             groups_seen += wanted
-        reports.append({"dynamic_sampling/dropped_groups": float(dropped),
-                                    "dynamic_sampling/rounds": float(round_)})
+        reports.append({"dynamic_sampling/dropped_groups": float(dropped), "dynamic_sampling/rounds": float(round_)})
         if not kept.response_ids:
             return batch  # nothing informative at all: train on the last batch (zero advantages)
         # Keep exactly `wanted` groups so the batch shape (and the step's cost) stays fixed.
@@ -520,8 +519,7 @@ class Trainer:
             self.difficulty = DifficultyTracker(adaptive.window)
         # trainer.overlap_generation: one thread collects the next step's rollouts during the update.
         self._overlap = ThreadPoolExecutor(1, thread_name_prefix="rollouts") if cfg.overlap_generation else None
-        self._pending: Future | None = None  # the next step's collection, in flight
-        self._prefetched: CollectedRollouts | None = None  # ... finished, not yet trained on
+        self._pending, self._prefetched = None, None
         from gdpo_megatron.generation.mismatch import MismatchCheck
 
         self.mismatch_check = MismatchCheck.from_config(self.recipe.generation.mismatch_check)
