@@ -33,6 +33,7 @@ import torch
 
 from gdpo_megatron.config.recipe import RecipeConfig, recipe_to_yaml
 from gdpo_megatron.config.schema import to_dict
+from gdpo_megatron.data.sampler import completed_passes
 from gdpo_megatron.metrics.keys import (ADVANTAGES, POLICY, REWARDS, TRAINER, VALIDATION, check, disjoint_union,
                                         is_number, merge)
 from gdpo_megatron.rollout_batch import informative_groups, shard_rollouts
@@ -75,7 +76,6 @@ class CollectedRollouts:
     reports: list[dict[str, float]]  # per sampling round: times, reward counters (merged by the step)
     seconds: float  # generation + rewards + resampling, wall
     sampler_state: dict  # a checkpoint taken before this batch is trained resumes from here and redraws it
-    epoch: int  # the sampler's epoch before the draw
 
 
 def step_seed(run_seed: int, step: int, round_: int = 0) -> int:
@@ -136,6 +136,7 @@ class Trainer:
         self._overlap: ThreadPoolExecutor | None = None  # trainer.overlap_generation's collector thread
         self._pending: Future | None = None  # the next step's collection, in flight
         self._prefetched: CollectedRollouts | None = None  # ... finished, not yet trained on
+        self._stop = None  # the run's GracefulStop: a step that will be the last collects nothing ahead
 
     # ---------------------------------------------------------------- set-up
     def _initial_model(self) -> str:
@@ -283,14 +284,18 @@ class Trainer:
         self._engine_calls("wake", tags)
         return time.perf_counter() - start
 
-    def _generate_rollouts(self, prompts: list[list[int]], seed: int, n: int | None = None) -> list:
-        """Contiguous slices of `prompts` over the engines (a function of num_engines only), results in order."""
+    def _generate_rollouts(self, prompts: list[list[int]], seed: int, n: int | None = None,
+                           step: int | None = None) -> list:
+        """Contiguous slices of `prompts` over the engines (a function of num_engines only), results in order.
+
+        `step` names the step in failure messages (default: the one running; overlap collects the next).
+        """
         from gdpo_megatron.orchestration.failures import get_all
         from gdpo_megatron.partition import even_ranges
 
         calls = [(f"engine-{i}", self.engines[i].generate.remote(prompts[start:end], seed, n, start))
                  for i, (start, end) in enumerate(even_ranges(len(prompts), len(self.engines))) if end > start]
-        results = get_all(calls, self.step, nodes=self.worker_nodes)
+        results = get_all(calls, self.step if step is None else step, nodes=self.worker_nodes)
         return [rollout for name, _ in calls for rollout in results[name]]
 
     # ---------------------------------------------------------------- validation
@@ -320,7 +325,7 @@ class Trainer:
         prompts = [self.tokenizer(render_prompt(r, self.tokenizer), add_special_tokens=False)["input_ids"]
                    for r in records]
         start = time.perf_counter()
-        rollouts = self._generate_rollouts(prompts, step_seed(self.recipe.seed, step, round_))
+        rollouts = self._generate_rollouts(prompts, step_seed(self.recipe.seed, step, round_), step=step)
         reports.append({"time/generation": time.perf_counter() - start})
         batch = StepBatch()
         for rollout in rollouts:
@@ -342,11 +347,11 @@ class Trainer:
 
     def _collect_rollouts(self, step: int) -> CollectedRollouts:
         """Draw, generate and score step `step`'s rollouts (in the driver thread or the overlap thread)."""
-        state, epoch = self.sampler.state_dict(), self.sampler.epoch
+        state = self.sampler.state_dict()
         reports: list[dict[str, float]] = []
         start = time.perf_counter()
         batch = self._collect(step, reports)
-        return CollectedRollouts(batch, reports, time.perf_counter() - start, state, epoch)
+        return CollectedRollouts(batch, reports, time.perf_counter() - start, state)
 
     def _collect(self, step: int, reports: list[dict[str, float]]) -> StepBatch:
         """Generate and score one step's rollouts; with dynamic sampling, refill dropped groups."""
@@ -522,11 +527,13 @@ class Trainer:
         self._pending, self._prefetched = None, None
         from gdpo_megatron.generation.mismatch import MismatchCheck
 
-        self.mismatch_check = MismatchCheck.from_config(self.recipe.generation.mismatch_check)
+        self.mismatch_check = MismatchCheck.from_config(self.recipe.generation.mismatch_check,
+                                                        one_update_behind=cfg.overlap_generation)
         self.step = 0
         signals = (signal.SIGTERM, signal.SIGINT) if cfg.checkpoint.save_on_signal else ()
         with RayCluster(self.run_dir.ray), GracefulStop(signals) as stop, \
                 worker_failures(lambda: self.step, nodes=self.worker_nodes):
+            self._stop = stop
             self._start_workers(model_path)
             self._log_placement()
             self.step = step = self._resume(latest)
@@ -566,8 +573,10 @@ class Trainer:
                                  f"rerun the same command to resume")
                         return INTERRUPTED_EXIT_CODE
             finally:
-                self._finish_overlap()
-                metrics_log.close()
+                try:
+                    self._finish_overlap()
+                finally:
+                    metrics_log.close()
             ray.get([w.save_hf.remote(str(self.run_dir.root / "final_model")) for w in self.workers])
         self.log(f"[done] {step} steps; metrics in {self.run_dir.metrics}; "
                  f"final weights (HF format) in {self.run_dir.root / 'final_model'}")
@@ -582,11 +591,11 @@ class Trainer:
         rounds = merge(rollouts.reports, {REWARDS, TRAINER})  # counters and times add up over rounds
         metrics = reward_metrics(batch.rewards, self.recipe.algorithm.rewards)
         metrics.update(response_length_metrics(batch, self.recipe.generation.sampling.max_new_tokens))
-        metrics["data/epoch"] = float(self.sampler.epoch)  # before the next step's prompts are drawn
+        metrics["data/epoch"] = float(completed_passes(self.sampler.state_dict()))  # before the next draw
         batch = self._filter_groups(batch, metrics)  # GFPO: the metrics above saw every rollout
         if self.colocated:
             metrics["time/engine_sleep"] = self._sleep_engines()
-        if self._overlap is not None and step + 1 < self.recipe.trainer.max_steps:
+        if self._overlap is not None and not self._last_step(step):
             # The engines still hold the weights this step's update starts from.
             self._pending = self._overlap.submit(self._collect_rollouts, step + 1)
         train_start = time.perf_counter()
@@ -613,8 +622,14 @@ class Trainer:
     def _epochs_done(self) -> bool:
         """`trainer.max_epochs` full passes over the training prompts have been trained on."""
         max_epochs = self.recipe.trainer.max_epochs
-        epoch = self._prefetched.epoch if self._prefetched is not None else self.sampler.epoch
-        return bool(max_epochs) and epoch >= max_epochs
+        return bool(max_epochs) and completed_passes(self._sampler_resume_state()) >= max_epochs
+
+    def _last_step(self, step: int) -> bool:
+        """Whether the run ends after `step` whatever its update does (no next step's rollouts to collect)."""
+        max_epochs = self.recipe.trainer.max_epochs
+        stopping = self._stop is not None and self._stop.requested
+        return (step + 1 >= self.recipe.trainer.max_steps or stopping
+                or bool(max_epochs) and completed_passes(self.sampler.state_dict()) >= max_epochs)
 
     def _sampler_resume_state(self) -> dict:
         """The sampler as a checkpoint keeps it: before any rollouts drawn but not yet trained on.

@@ -39,6 +39,11 @@ class RecipeConfig(Section):
         gen = self.generation
         if gen.refit.transport == "collective" and gen.colocated and not self.cluster.is_cpu:
             raise ConfigError(f"generation.refit.transport: {COLOCATED_COLLECTIVE}")
+        sampling = gen.sampling
+        if self.trainer.overlong_filtering and sampling.min_new_tokens >= sampling.max_new_tokens:
+            raise ConfigError("trainer.overlong_filtering: every response is cut at max_new_tokens when "
+                              f"generation.sampling.min_new_tokens ({sampling.min_new_tokens}) reaches it, so none "
+                              "would be trained on")
         if self.trainer.overlap_generation and gen.backend != "vllm":
             raise ConfigError("trainer.overlap_generation: the megatron backend generates inside the policy workers, "
                               "which cannot train at the same time; use generation.backend vllm")

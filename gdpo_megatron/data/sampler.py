@@ -61,3 +61,12 @@ class PromptSampler:
         self.position = int(state["position"])
         if not 0 <= self.position <= len(self._order):
             raise ValueError(f"PromptSampler: position {self.position} outside 0..{len(self._order)}")
+
+
+def completed_passes(state: dict) -> int:
+    """Full passes over the dataset that the batches drawn up to `state` (a `state_dict()`) cover.
+
+    The sampler moves to the next epoch only when it draws again, so a pass that has just
+    ended counts here although `state["epoch"]` still names it.
+    """
+    return state["epoch"] + (1 if state["position"] == state["dataset_size"] else 0)

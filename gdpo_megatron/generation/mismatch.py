@@ -65,10 +65,11 @@ class MismatchCheck:
 
     every_steps: int = 1
     warn_above: float = 0.05
+    one_update_behind: bool = False  # trainer.overlap_generation: the rollouts come from the previous weights
 
     @classmethod
-    def from_config(cls, config) -> "MismatchCheck":
-        return cls(every_steps=config.every_steps, warn_above=config.warn_above)
+    def from_config(cls, config, one_update_behind: bool = False) -> "MismatchCheck":
+        return cls(every_steps=config.every_steps, warn_above=config.warn_above, one_update_behind=one_update_behind)
 
     def due(self, completed_steps: int) -> bool:
         """Whether the step after `completed_steps` updates measures the mismatch (the first step always does)."""
@@ -82,6 +83,9 @@ class MismatchCheck:
         above = mean > self.warn_above
         if above:
             warn(f"[warning] step {step}: train/generation mismatch mean |exp(dlogp)-1| = {mean:.4g} "
-                 f"(max {worst:.4g}) is above generation.mismatch_check.warn_above={self.warn_above}: the engine "
-                 "may hold stale weights or compute in another precision than the policy")
+                 f"(max {worst:.4g}) is above generation.mismatch_check.warn_above={self.warn_above}: "
+                 + ("with trainer.overlap_generation the rollouts come from the weights one update older, so this "
+                    "includes the last update's change of the policy (a large one: consider a lower learning rate)"
+                    if self.one_update_behind else
+                    "the engine may hold stale weights or compute in another precision than the policy"))
         return {"mismatch/above_warn": 1.0 if above else 0.0}

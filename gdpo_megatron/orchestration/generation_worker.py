@@ -22,7 +22,7 @@ class GenerationWorker(RefitReceiver):  # RefitReceiver: collective / CUDA IPC r
         from gdpo_megatron.config.schema import build
 
         self.recipe = build(RecipeConfig, recipe_data)
-        if self.recipe.trainer.overlap_generation and not torch.cuda.is_available():
+        if self.recipe.trainer.overlap_generation and self.recipe.cluster.is_cpu:
             # A CPU engine that generates while the policy trains shares the policy's cores: one
             # intra-op thread. CPU decoding of the small models a CPU host runs is bound by per-token
             # overhead more than by matmuls (bench_e2e: 0.15 s at one thread, 0.12 s at two), and

@@ -48,6 +48,11 @@ def test_mismatch_check_is_due_every_n_steps_and_warns_above_threshold():
     assert check.judge(4, loud, warn=warnings.append) == {"mismatch/above_warn": 1.0}
     assert len(warnings) == 1 and "step 4" in warnings[0] and "warn_above=0.1" in warnings[0]
     assert check.judge(4, {}, warn=warnings.append) == {}  # no mismatch measured (no engine logprobs)
+    assert "stale weights" in warnings[0]
+    # With overlap the rollouts are one update old by design: the warning says so instead.
+    behind = MismatchCheck(every_steps=1, warn_above=0.1, one_update_behind=True)
+    assert behind.judge(5, loud, warn=warnings.append) == {"mismatch/above_warn": 1.0}
+    assert "one update older" in warnings[1] and "stale weights" not in warnings[1]
 
 
 def test_buckets_bound_size_and_preserve_order():

@@ -194,6 +194,11 @@ def test_overlap_generation_needs_engines_of_their_own():
     assert build(RecipeConfig, {"trainer": {"overlap_generation": True}, "generation": {"colocated": False}})
     with pytest.raises(ConfigError, match="trainer.overlap_generation: colocated engines sleep"):
         build(RecipeConfig, {"trainer": {"overlap_generation": True}, "generation": {"colocated": True}})
+    with pytest.raises(ConfigError, match="trainer.overlong_filtering: every response is cut"):
+        build(RecipeConfig, {"trainer": {"overlong_filtering": True},
+                             "generation": {"sampling": {"max_new_tokens": 8, "min_new_tokens": 8}}})
+    assert build(RecipeConfig, {"trainer": {"overlong_filtering": True},
+                                "generation": {"sampling": {"max_new_tokens": 8, "min_new_tokens": 7}}})
     with pytest.raises(ConfigError, match="trainer.overlap_generation: the megatron backend"):
         build(RecipeConfig, {"trainer": {"overlap_generation": True},
                              "generation": {"backend": "megatron", "colocated": False}})

@@ -48,6 +48,19 @@ def test_sampler_epochs_are_permutations_and_seeded():
         [str(i) for i in range(10)] + ["0", "1"]
 
 
+def test_completed_passes_count_a_pass_that_just_ended():
+    from gdpo_megatron.data.sampler import completed_passes
+
+    sampler = PromptSampler([{"i": i} for i in range(6)], 4, seed=0)
+    passes = []
+    for _ in range(4):
+        sampler.next_batch()
+        passes.append(completed_passes(sampler.state_dict()))
+    # prompts drawn: 4, 8, 12 (two passes exactly, epoch still 1), 16
+    assert passes == [0, 1, 2, 2]
+    assert sampler.epoch == 2
+
+
 def test_sampler_refuses_a_different_dataset():
     sampler = PromptSampler([{"id": "a"}] * 4, batch_size=2, seed=0)
     with pytest.raises(ValueError, match="4 records, this dataset has 5"):
