@@ -70,9 +70,9 @@ def colocated_single_node(tmp_path_factory, initial_model, repo_root):
             self.events.append(("policy_ranks_start", None, None))
             return super()._start_policy_ranks(plan, data)
 
-        def _generate_rollouts(self, prompts, seed, n=None):
+        def _generate_rollouts(self, prompts, seed, n=None, step=None):
             self.events.append(("generate", None, None))
-            return super()._generate_rollouts(prompts, seed, n)
+            return super()._generate_rollouts(prompts, seed, n, step)
 
         def _train(self, batch):
             self.events.append(("train", None, None))
