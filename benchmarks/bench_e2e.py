@@ -137,9 +137,9 @@ def machine_speed(threads: int) -> dict[str, float]:
         torch.set_num_threads(previous)
 
 
-def speed_spread(speeds: list[float]) -> float:
-    """(fastest - slowest) / fastest over a round's probes; 0 with fewer than two."""
-    return (max(speeds) - min(speeds)) / max(speeds) if len(speeds) > 1 else 0.0
+def relative_spread(values: list[float]) -> float:
+    """(largest - smallest) / largest: of a round's probes, or of its sides' completion lengths; 0 with fewer than two."""
+    return (max(values) - min(values)) / max(values) if len(values) > 1 else 0.0
 
 
 def unfair_reasons(results: dict[str, dict], skip: int = 0) -> list[str]:
@@ -154,13 +154,13 @@ def unfair_reasons(results: dict[str, dict], skip: int = 0) -> list[str]:
         reasons.append(f"the host took more than {100 * STEAL_WARN:.0f}% of the CPU time during "
                        f"{' and '.join(disturbed)}")
     for kind, label in (("gflops", "matmul"), ("gbps", "copy")):
-        spread = speed_spread([probe[kind] for result in results.values() for probe in result.get("speed", [])])
+        spread = relative_spread([probe[kind] for result in results.values() for probe in result.get("speed", [])])
         if spread > SPEED_WARN:
             reasons.append(f"the machine's {label} speed varied by {100 * spread:.0f}% (probes above)")
     lengths = {name: median_after([s[COMPLETION] for s in result.get("steps", []) if COMPLETION in s], skip)
                for name, result in results.items() if any(COMPLETION in s for s in result.get("steps", []))}
     if len(lengths) > 1:
-        spread = speed_spread(list(lengths.values()))
+        spread = relative_spread(list(lengths.values()))
         if spread > LENGTH_WARN:
             reasons.append("the sides' completions differ by {:.0f}% in length ({}): their steps did unequal work"
                            .format(100 * spread, ", ".join(f"{name} {n:.1f} tokens" for name, n in lengths.items())))
@@ -313,17 +313,14 @@ def _report_round(results: dict[str, dict], skip: int, threads: int, skip_from: 
           f"median of steps {skip_from}..{steps}"
           + ("; gdpo with trainer.overlap_generation (one step off-policy), TRL on-policy" if overlap else ""))
     print(f"{'phase':>16} {'gdpo_s':>9} {'trl_s':>9}")
-    for key in [f"time/{p}" for p in PHASES] + ["time/step"]:
+    rows = [(f"time/{p}", f"time/{p}", ".3f") for p in PHASES] + [("time/step", "time/step", ".3f"),
+                                                                 ("tokens/completion", COMPLETION, ".1f")]
+    for label, key, form in rows:
         cells = []
         for name in ("gdpo", "trl"):
             values = [s[key] for s in results.get(name, {}).get("steps", []) if key in s]
-            cells.append(f"{median_after(values, skip):>9.3f}" if values else f"{'-':>9}")
-        print(f"{key:>16} {cells[0]} {cells[1]}")
-    cells = []
-    for name in ("gdpo", "trl"):
-        values = [s[COMPLETION] for s in results.get(name, {}).get("steps", []) if COMPLETION in s]
-        cells.append(f"{median_after(values, skip):>9.1f}" if values else f"{'-':>9}")
-    print(f"{'tokens/completion':>16} {cells[0]} {cells[1]}")
+            cells.append(f"{median_after(values, skip):>9{form}}" if values else f"{'-':>9}")
+        print(f"{label:>16} {cells[0]} {cells[1]}")
     for name, result in results.items():
         steps_s = [s["time/step"] for s in result["steps"]]
         steal = result.get("steal")

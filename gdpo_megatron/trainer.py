@@ -619,17 +619,20 @@ class Trainer:
         check(refit, {TRAINER})
         return disjoint_union(metrics, rounds, trained, refit)
 
+    def _epochs_reached(self, sampler_state: dict) -> bool:
+        """`trainer.max_epochs` full passes over the training prompts are drawn up to `sampler_state`."""
+        max_epochs = self.recipe.trainer.max_epochs
+        return bool(max_epochs) and completed_passes(sampler_state) >= max_epochs
+
     def _epochs_done(self) -> bool:
         """`trainer.max_epochs` full passes over the training prompts have been trained on."""
-        max_epochs = self.recipe.trainer.max_epochs
-        return bool(max_epochs) and completed_passes(self._sampler_resume_state()) >= max_epochs
+        return self._epochs_reached(self._sampler_resume_state())
 
     def _last_step(self, step: int) -> bool:
         """Whether the run ends after `step` whatever its update does (no next step's rollouts to collect)."""
-        max_epochs = self.recipe.trainer.max_epochs
         stopping = self._stop is not None and self._stop.requested
         return (step + 1 >= self.recipe.trainer.max_steps or stopping
-                or bool(max_epochs) and completed_passes(self.sampler.state_dict()) >= max_epochs)
+                or self._epochs_reached(self.sampler.state_dict()))
 
     def _sampler_resume_state(self) -> dict:
         """The sampler as a checkpoint keeps it: before any rollouts drawn but not yet trained on.

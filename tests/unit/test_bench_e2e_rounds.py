@@ -46,11 +46,11 @@ def test_proc_stat_without_the_aggregate_line_is_refused():
         _bench().cpu_times("intr 1 2 3\n")
 
 
-def test_speed_spread_is_relative_to_the_fastest_probe():
+def test_relative_spread_is_relative_to_the_fastest_probe():
     bench = _bench()
-    assert bench.speed_spread([100.0, 80.0, 90.0, 95.0]) == 0.2
-    assert bench.speed_spread([50.0]) == 0.0
-    assert bench.speed_spread([]) == 0.0
+    assert bench.relative_spread([100.0, 80.0, 90.0, 95.0]) == 0.2
+    assert bench.relative_spread([50.0]) == 0.0
+    assert bench.relative_spread([]) == 0.0
 
 
 def test_a_round_is_flagged_by_steal_or_by_either_probe_and_not_otherwise():
